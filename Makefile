@@ -1,0 +1,40 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both build .venv from the hashed lock (requirements.lock, exported from uv.lock)
+# the first time; nothing is installed outside the project folder.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fulfill demo
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check fulfill tests
+	$(BIN)/ruff format --check fulfill tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Regenerate uv.lock and requirements.lock after changing dependencies in pyproject.toml.
+lock:
+	test -x .lockenv/bin/uv || ($(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet uv==0.13.8)
+	.lockenv/bin/uv lock
+	.lockenv/bin/uv export --frozen --all-groups --no-emit-project --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .lockenv .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,90 @@
+"""The ``fulfill`` command line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from fulfill.errors import FulfillError
+
+err = Console(stderr=True)
+
+
+class FulfillGroup(click.Group):
+    """Turns every ``FulfillError`` into one red line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FulfillError as exc:
+            err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=FulfillGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fulfill")
+def main() -> None:
+    """Exactly-once fulfillment of Stripe Checkout sessions."""
+
+
+def _delays(value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("give seconds separated by commas, e.g. 1,2,5") from None
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=12111, show_default=True, type=int, help="Port to listen on.")
+@click.option("--api-key", default=None, help="Accept only this key (default: any sk_test_… key).")
+@click.option("--latency-ms", default=0.0, type=float, help="Delay added to every API request.")
+@click.option(
+    "--auto-settle",
+    default=None,
+    type=float,
+    help="Seconds after which a delayed payment settles by itself (default: only when asked).",
+)
+@click.option("--retry-delays", default=None, help="Webhook retry schedule in seconds, e.g. 1,2,5.")
+@click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    metavar="URL[=whsec_…]",
+    help="Register a webhook endpoint at start (repeatable); a secret after '=' is used as is.",
+)
+def emulator(
+    host: str,
+    port: int,
+    api_key: str | None,
+    latency_ms: float,
+    auto_settle: float | None,
+    retry_delays: str | None,
+    webhooks: tuple[str, ...],
+) -> None:
+    """Run the Stripe emulator alone, for tests against it."""
+    from fulfill.emulator.server import serve_emulator
+
+    serve_emulator(
+        host=host,
+        port=port,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        auto_settle=auto_settle,
+        retry_delays=_delays(retry_delays),
+        webhooks=webhooks,
+    )
+
+
+@main.command()
+@click.option("--port", default=12111, show_default=True, type=int, help="Port of the emulator.")
+def demo(port: int) -> None:
+    """Everything offline with no account: the Stripe emulator with sample products."""
+    from fulfill.emulator.server import serve_demo
+
+    serve_demo(port=port)

@@ -1,0 +1,121 @@
+"""Typed settings, read once from the environment (and ``.env``), failing loudly.
+
+The variables and defaults are those of SPEC §3. ``load_settings`` turns any
+validation problem into one ``ConfigError`` line that names the variable, so
+that a typo stops the program at start instead of at the first payment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fulfill.errors import ConfigError
+
+SECRET_KEY_RE = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]+$")
+WEBHOOK_SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=_-]+$")
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one running service."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    stripe_secret_key: SecretStr | None = Field(default=None, alias="STRIPE_SECRET_KEY")
+    stripe_webhook_secret: SecretStr | None = Field(default=None, alias="STRIPE_WEBHOOK_SECRET")
+    stripe_api_base: str = Field(default="https://api.stripe.com", alias="STRIPE_API_BASE")
+    database_url: str = Field(default="sqlite:///./var/fulfill.db", alias="FULFILL_DATABASE_URL")
+    catalog_path: Path = Field(default=Path("./catalog.toml"), alias="FULFILL_CATALOG")
+    public_url: str = Field(default="http://127.0.0.1:8000", alias="FULFILL_PUBLIC_URL")
+    admin_token: SecretStr | None = Field(default=None, alias="FULFILL_ADMIN_TOKEN")
+    webhook_tolerance: int = Field(default=300, alias="FULFILL_WEBHOOK_TOLERANCE", ge=1)
+    inline_budget: float = Field(default=5.0, alias="FULFILL_INLINE_BUDGET", ge=0)
+    landing_wait: float = Field(default=8.0, alias="FULFILL_LANDING_WAIT", ge=0)
+
+    @field_validator("stripe_secret_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not SECRET_KEY_RE.match(value.get_secret_value()):
+            # Never echo the value: it is a secret even when malformed.
+            raise ValueError("must look like sk_test_…, sk_live_… or rk_…")
+        return value
+
+    @field_validator("stripe_webhook_secret")
+    @classmethod
+    def _check_webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = [p.strip() for p in value.get_secret_value().split(",")]
+        if not parts or any(not WEBHOOK_SECRET_RE.match(p) for p in parts):
+            raise ValueError("must be one or more whsec_… secrets, comma-separated")
+        return value
+
+    @field_validator("stripe_api_base", "public_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """The configured signing secrets, in order; any of them may sign."""
+        if self.stripe_webhook_secret is None:
+            return ()
+        raw = self.stripe_webhook_secret.get_secret_value()
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+    @property
+    def livemode(self) -> bool | None:
+        """True for a live key, False for a test key, None without a key."""
+        if self.stripe_secret_key is None:
+            return None
+        return "_live_" in self.stripe_secret_key.get_secret_value()
+
+    def require_stripe(self) -> None:
+        """Stop with a clear line when the settings ``serve`` needs are absent."""
+        if self.stripe_secret_key is None:
+            raise ConfigError("STRIPE_SECRET_KEY is required: set it to your sk_test_… or sk_live_… key")
+        if not self.webhook_secrets:
+            raise ConfigError(
+                "STRIPE_WEBHOOK_SECRET is required: set it to the endpoint's whsec_… signing secret"
+            )
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read the settings once; overrides (from command-line flags) win over the environment.
+
+    Raises ``ConfigError`` with one line naming the first bad variable.
+    """
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        variable = _alias_of(field)
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{variable}: {message}") from None
+
+
+def _alias_of(name: str) -> str:
+    for field_name, info in Settings.model_fields.items():
+        if name in (field_name, info.alias):
+            return info.alias or field_name.upper()
+    return name

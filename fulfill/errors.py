@@ -1,0 +1,33 @@
+"""The one exception root of the service, and its subclasses.
+
+Every error that reaches a user (HTTP client, CLI) is a ``FulfillError``; the
+HTTP-facing ones carry their status code and a short machine-readable code,
+so one handler can render them as JSON or HTML without knowing the cause.
+"""
+
+from __future__ import annotations
+
+
+class FulfillError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(FulfillError):
+    """A missing or malformed setting; the message names the variable."""
+
+    code = "config_error"
+
+
+class CatalogError(ConfigError):
+    """The catalog file is missing or invalid; the message names the entry and field."""
+
+    code = "catalog_error"
