@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -23,24 +23,34 @@ class EmulatorServer:
     url: str
     emulator: Emulator
     control: httpx.Client
+    http_clients: list[stripe.HTTPXClient] = field(default_factory=list)
 
-    def stripe(self, *, retries: int = 0, **options: Any) -> stripe.StripeClient:
-        """A synchronous official client pointed at this emulator."""
+    def stripe(self, *, retries: int = 0, key: str = TEST_KEY, **options: Any) -> stripe.StripeClient:
+        """A synchronous official client pointed at this emulator (closed at teardown)."""
+        http_client = stripe.HTTPXClient(allow_sync_methods=True)
+        self.http_clients.append(http_client)
         return stripe.StripeClient(
-            TEST_KEY,
+            key,
             base_addresses={"api": self.url},
             max_network_retries=retries,
-            http_client=stripe.HTTPXClient(allow_sync_methods=True),
+            http_client=http_client,
             **options,
         )
 
     def stripe_async(self, *, retries: int = 0) -> stripe.StripeClient:
+        """An async official client; close it with ``await client._requestor._client.close_async()``."""
+        http_client = stripe.HTTPXClient(allow_sync_methods=True)
+        self.http_clients.append(http_client)
         return stripe.StripeClient(
             TEST_KEY,
             base_addresses={"api": self.url},
             max_network_retries=retries,
-            http_client=stripe.HTTPXClient(),
+            http_client=http_client,
         )
+
+    def close(self) -> None:
+        for client in self.http_clients:
+            client.close()
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self.control.post(path, json=body or {})
@@ -86,7 +96,11 @@ class EmulatorServer:
 def emulator_server() -> Iterator[EmulatorServer]:
     emulator = Emulator(retry_delays=(0.2, 0.4, 0.8))
     with serve_in_thread(create_app(emulator)) as url, httpx.Client(base_url=url) as control:
-        yield EmulatorServer(url, emulator, control)
+        server = EmulatorServer(url, emulator, control)
+        try:
+            yield server
+        finally:
+            server.close()
 
 
 @pytest.fixture

@@ -1,0 +1,60 @@
+"""What every fulfillment action gets and gives.
+
+An action receives an ``ItemContext`` (one line item of one paid session, and
+the catalog entry it matched) and returns a JSON-able result that is stored
+on the item and shown on the landing page. It raises ``ActionError`` (or any
+exception) when the item could not be fulfilled; the engine then records the
+session ``failed`` and retries later with backoff.
+
+Every action gets the same idempotency key, ``{session_id}:{line_item_id}``,
+so that a side effect outside this service can be deduplicated by its
+receiver when a worker dies between performing an action and recording it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fulfill.errors import FulfillError
+
+
+class ActionError(FulfillError):
+    """An action could not fulfill its item; the message says why, for the operator."""
+
+    code = "action_failed"
+
+
+@dataclass(frozen=True)
+class ItemContext:
+    """One line item of a paid Checkout Session, with what the catalog says about it."""
+
+    session_id: str
+    line_item_id: str
+    price_id: str
+    product_id: str
+    description: str
+    quantity: int
+    currency: str
+    amount_total: int
+    customer: Mapping[str, Any]  # {"email": …, "name": …}
+    shipping: Mapping[str, Any] | None  # {"name": …, "address": {…}} or None
+    metadata: Mapping[str, str]  # the session's metadata
+    livemode: bool
+    options: Mapping[str, Any] = field(default_factory=dict)  # the catalog entry's action options
+    entry_name: str = ""
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.session_id}:{self.line_item_id}"
+
+
+class Action(Protocol):
+    """A configured action: one per catalog entry, built at start."""
+
+    name: str
+
+    async def perform(self, item: ItemContext) -> dict[str, Any]:
+        """Fulfill one line item; return the result to keep (JSON-able)."""
+        ...
