@@ -88,3 +88,98 @@ def demo(port: int) -> None:
     from fulfill.emulator.server import serve_demo
 
     serve_demo(port=port)
+
+
+def _settings(**overrides: Any) -> Any:
+    from fulfill.config import load_settings
+
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="Processes on this host.")
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the service (webhook endpoint, landing page, background worker)."""
+    import asyncio
+    import logging
+
+    import uvicorn
+
+    from fulfill.app import create_app
+    from fulfill.service import Service
+
+    settings = _settings()
+    settings.require_stripe()
+
+    # Fail before binding the port: a bad catalog or database must stop the
+    # start, with its one clear line, not the first payment.
+    async def preflight() -> None:
+        service = await Service.start(settings, migrate=True)
+        await service.close()
+
+    asyncio.run(preflight())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if workers > 1:
+        uvicorn.run(
+            "fulfill.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            log_level="warning",
+        )
+    else:
+        uvicorn.run(
+            create_app(settings), host=host, port=port, access_log=False, log_level="warning"
+        )
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def run(session_id: str, as_json: bool) -> None:
+    """Call fulfill_checkout once for SESSION_ID and print the record."""
+    import asyncio
+    import json
+
+    from fulfill.service import Service
+
+    settings = _settings()
+
+    async def once() -> Any:
+        service = await Service.start(settings)
+        try:
+            return await service.engine.fulfill_checkout(session_id, trigger="cli", force=True)
+        finally:
+            await service.close()
+
+    record = asyncio.run(once())
+    if as_json:
+        click.echo(json.dumps(record.as_json(), indent=2))
+    else:
+        print_record(record)
+
+
+def print_record(record: Any) -> None:
+    from rich.table import Table
+
+    out = Console()
+    out.print(
+        f"[bold]{record.session_id}[/bold]  status [bold]{record.status}[/bold]  "
+        f"payment {record.payment_status}  attempts {record.attempts}"
+    )
+    if record.last_error:
+        out.print(f"[red]last error:[/red] {record.last_error}", highlight=False)
+    table = Table("line item", "description", "qty", "action", "status")
+    for item in record.items:
+        table.add_row(
+            item.line_item_id,
+            item.description or "",
+            str(item.quantity),
+            item.action or "",
+            item.status,
+        )
+    out.print(table)

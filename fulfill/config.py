@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     webhook_tolerance: int = Field(default=300, alias="FULFILL_WEBHOOK_TOLERANCE", ge=1)
     inline_budget: float = Field(default=5.0, alias="FULFILL_INLINE_BUDGET", ge=0)
     landing_wait: float = Field(default=8.0, alias="FULFILL_LANDING_WAIT", ge=0)
+    # Beyond SPEC §3: the knobs of the retry machinery, with production defaults.
+    lease_seconds: float = Field(default=60.0, alias="FULFILL_LEASE_SECONDS", gt=0)
+    max_attempts: int = Field(default=10, alias="FULFILL_MAX_ATTEMPTS", ge=1)
+    retry_base: float = Field(default=10.0, alias="FULFILL_RETRY_BASE", gt=0)
+    worker_interval: float = Field(default=2.0, alias="FULFILL_WORKER_INTERVAL", gt=0)
 
     @field_validator("stripe_secret_key")
     @classmethod
@@ -92,7 +97,9 @@ class Settings(BaseSettings):
     def require_stripe(self) -> None:
         """Stop with a clear line when the settings ``serve`` needs are absent."""
         if self.stripe_secret_key is None:
-            raise ConfigError("STRIPE_SECRET_KEY is required: set it to your sk_test_… or sk_live_… key")
+            raise ConfigError(
+                "STRIPE_SECRET_KEY is required: set it to your sk_test_… or sk_live_… key"
+            )
         if not self.webhook_secrets:
             raise ConfigError(
                 "STRIPE_WEBHOOK_SECRET is required: set it to the endpoint's whsec_… signing secret"
@@ -105,7 +112,7 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
     Raises ``ConfigError`` with one line naming the first bad variable.
     """
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"

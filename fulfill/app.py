@@ -1,0 +1,141 @@
+"""The ASGI app factory: routes and wiring, no logic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fulfill.config import Settings, load_settings
+from fulfill.landing import LandingPage
+from fulfill.service import Service
+from fulfill.webhooks import WebhookEndpoint
+from fulfill.worker import Worker
+
+access_log = logging.getLogger("fulfill.access")
+
+# Session IDs and download tokens are keys to a customer's order: access logs
+# keep only a prefix (SPEC §10.5).
+_SECRET_IN_PATH = re.compile(r"(cs_(?:test|live)_[A-Za-z0-9]{6})[A-Za-z0-9]*|(/downloads/)[^/?\s]+")
+
+
+def redact(text: str) -> str:
+    return _SECRET_IN_PATH.sub(
+        lambda m: (m.group(1) + "…") if m.group(1) else m.group(2) + "…", text
+    )
+
+
+class AccessLog:
+    """One line per request, with secrets in the URL cut short."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = scope["path"] + (f"?{query}" if query else "")
+            access_log.info(
+                '%s "%s %s" %d %.1fms',
+                (scope.get("client") or ("-",))[0],
+                scope["method"],
+                redact(target),
+                status["code"],
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
+    """The service's app; everything it needs is opened at startup and closed at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service = await Service.start(settings)
+        app.state.service = service
+        app.state.webhook = WebhookEndpoint(
+            service.engine,
+            service.store,
+            settings.webhook_secrets,
+            tolerance=settings.webhook_tolerance,
+            inline_budget=settings.inline_budget,
+            livemode=settings.livemode,
+        )
+        app.state.landing = LandingPage(service.engine, settings.landing_wait)
+        worker = Worker(
+            service.engine,
+            service.store,
+            interval=settings.worker_interval,
+            event_grace=settings.inline_budget + 30,
+        )
+        app.state.worker = worker
+        task = asyncio.get_running_loop().create_task(worker.run()) if run_worker else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if app.state.webhook.tasks:
+                await asyncio.wait(list(app.state.webhook.tasks), timeout=5)
+            await service.close()
+
+    async def webhook(request: Request) -> Response:
+        endpoint: WebhookEndpoint = request.app.state.webhook
+        return await endpoint(request)
+
+    async def landing(request: Request) -> Response:
+        page: LandingPage = request.app.state.landing
+        return await page(request)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        service: Service = request.app.state.service
+        ready, detail = await service.store.ready()
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "database": detail},
+            status_code=200 if ready else 503,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", webhook, methods=["POST"]),
+            Route("/checkout/complete", landing, methods=["GET"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        middleware=[Middleware(AccessLog)],
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """For ``uvicorn --factory`` (``serve --workers N``): settings from the environment."""
+    settings = load_settings()
+    settings.require_stripe()
+    return create_app(settings)

@@ -1,0 +1,385 @@
+"""``fulfill_checkout``: claim, retrieve, perform, record. Knows nothing of HTTP.
+
+Every trigger (webhook, landing page, background worker, CLI, reconcile)
+ends here. The steps, and the failure each one prevents:
+
+1. A record already ``fulfilled`` is returned at once: no API call (SPEC §10.3).
+2. A record ``fulfilling`` under a live lease is another worker's: wait for it.
+3. Otherwise read the session from the API (the event is only a trigger:
+   its copy may be stale or out of order) with every line item.
+4. ``open`` → nothing; ``expired`` → recorded; ``unpaid`` → awaiting payment
+   (a delayed method is never fulfilled early); paid → claim.
+5. The claim is an atomic conditional write with a lease: one claimant wins,
+   across processes and hosts. The winner performs each item not ``done``,
+   recording each ``done`` as soon as it is, then the session ``fulfilled``.
+   A worker that dies leaves a lease that expires; the next claimant skips the
+   items already done.
+6. A failing action leaves the session ``failed`` with the error and the time
+   of the next attempt (exponential backoff, up to a limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fulfill.actions import Action, ActionError, ItemContext
+from fulfill.catalog import Catalog, CatalogEntry
+from fulfill.errors import FulfillError
+from fulfill.records import (
+    AWAITING_PAYMENT,
+    EXPIRED,
+    FAILED,
+    FULFILLED,
+    FULFILLING,
+    ITEM_DONE,
+    MAY_REPLACE,
+    OPEN,
+    PAYMENT_FAILED,
+    PENDING,
+    FulfillmentRecord,
+    SessionSnapshot,
+    backoff_seconds,
+    status_for,
+    valid_session_id,
+)
+from fulfill.store import Store
+from fulfill.stripe_api import StripeApi
+
+log = logging.getLogger("fulfill.engine")
+
+
+class InvalidSessionId(FulfillError):
+    status_code = 400
+    code = "invalid_session_id"
+
+
+class ModeMismatch(FulfillError):
+    """A live session with a test key or the reverse: refused, never fulfilled."""
+
+    status_code = 400
+    code = "livemode_mismatch"
+
+
+def utcnow() -> datetime:
+    """Naive UTC: what the database columns hold on SQLite and PostgreSQL alike."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    lease_seconds: float = 60.0
+    max_attempts: int = 10
+    retry_base_seconds: float = 10.0
+    wait_seconds: float = 30.0  # how long a caller waits for another worker's outcome
+    poll_seconds: float = 0.1
+
+
+class Engine:
+    """Fulfills Checkout Sessions exactly once; one per process, shared by all triggers."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        stripe: StripeApi,
+        catalog: Catalog,
+        actions: Mapping[int, Action],
+        livemode: bool | None,
+        options: EngineOptions | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.stripe = stripe
+        self.catalog = catalog
+        self.actions = actions
+        self.livemode = livemode
+        self.options = options or EngineOptions()
+        self.clock = clock
+        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # In-process: the running fulfillment of each session, so concurrent
+        # triggers in one process await one task instead of polling the database.
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    # -- the entry point ---------------------------------------------------------
+
+    async def fulfill_checkout(
+        self,
+        session_id: str,
+        *,
+        trigger: str = "api",
+        wait: float | None = None,
+        force: bool = False,
+    ) -> FulfillmentRecord:
+        """Fulfill the session if it is paid and not yet fulfilled; return its record.
+
+        Safe to call any number of times, concurrently, from any process: each
+        line item is performed once. ``wait`` bounds how long this call waits
+        for a fulfillment in progress (default ``EngineOptions.wait_seconds``);
+        the record returned may then still be ``fulfilling``. A ``failed``
+        record is retried only when its backoff has passed, or with ``force``
+        (the worker, an operator).
+        """
+        self.check_session_id(session_id)
+        wait = self.options.wait_seconds if wait is None else wait
+        record = await self.store.get(session_id)
+        if record is not None:
+            await self._note_trigger(record, trigger)
+            if record.status == FULFILLED:
+                return record
+            if record.status == FAILED and not force and not self._retry_due(record):
+                return record
+            if record.status == FULFILLING and not self._lease_expired(record):
+                return await self._await_outcome(session_id, wait)
+        snapshot = await self.stripe.session(session_id)
+        self._check_mode(snapshot.livemode, session_id)
+        status = status_for(snapshot)
+        if status == OPEN:
+            return FulfillmentRecord(
+                session_id=session_id,
+                status=OPEN,
+                payment_status=snapshot.payment_status,
+                livemode=snapshot.livemode,
+                mode=snapshot.mode,
+                amount_total=snapshot.amount_total,
+                currency=snapshot.currency,
+            )
+        await self.store.observe(snapshot, status, MAY_REPLACE[status], self.clock())
+        if record is None:
+            await self.store.add_trigger(session_id, trigger, self.clock())
+        if status == PENDING or (record is not None and record.status == FULFILLING):
+            await self._run(session_id, snapshot, wait)
+        return await self._get(session_id)
+
+    async def record_payment_failed(self, session_id: str, trigger: str) -> FulfillmentRecord:
+        """``checkout.session.async_payment_failed``: nothing is fulfilled."""
+        return await self._record_final(session_id, PAYMENT_FAILED, trigger)
+
+    async def record_expired(self, session_id: str, trigger: str) -> FulfillmentRecord:
+        """``checkout.session.expired``."""
+        return await self._record_final(session_id, EXPIRED, trigger)
+
+    async def _record_final(self, session_id: str, status: str, trigger: str) -> FulfillmentRecord:
+        self.check_session_id(session_id)
+        now = self.clock()
+        await self.store.set_status(session_id, status, MAY_REPLACE[status], now)
+        record = await self._get(session_id)
+        await self._note_trigger(record, trigger)
+        return record
+
+    # -- checks ---------------------------------------------------------------------
+
+    def check_session_id(self, session_id: str) -> None:
+        """Refuse anything but ``cs_test_…``/``cs_live_…`` letters and digits, before any I/O."""
+        if not valid_session_id(session_id):
+            raise InvalidSessionId(
+                "That is not a Checkout Session ID (cs_test_… or cs_live_…, letters and digits)."
+            )
+        self._check_mode(session_id.startswith("cs_live_"), session_id)
+
+    def _check_mode(self, livemode: bool, session_id: str) -> None:
+        if self.livemode is not None and livemode != self.livemode:
+            log.warning(
+                "refused %s session %s…: the API key is in %s mode",
+                "live" if livemode else "test",
+                session_id[:16],
+                "live" if self.livemode else "test",
+            )
+            raise ModeMismatch(
+                f"A {'live' if livemode else 'test'} session cannot be fulfilled with a "
+                f"{'live' if self.livemode else 'test'} mode key."
+            )
+
+    def _retry_due(self, record: FulfillmentRecord) -> bool:
+        return record.next_attempt_at is not None and record.next_attempt_at <= self.clock()
+
+    def _lease_expired(self, record: FulfillmentRecord) -> bool:
+        return record.lease_expires_at is None or record.lease_expires_at < self.clock()
+
+    async def _note_trigger(self, record: FulfillmentRecord, trigger: str) -> None:
+        # A trigger is recorded once: a customer refreshing the landing page
+        # should not grow the record (nor write to the database) each time.
+        if trigger not in record.triggers:
+            await self.store.add_trigger(record.session_id, trigger, self.clock())
+            record.triggers.append(trigger)
+
+    async def _get(self, session_id: str) -> FulfillmentRecord:
+        record = await self.store.get(session_id)
+        if record is None:
+            raise FulfillError(f"record {session_id} vanished", code="record_missing")
+        return record
+
+    # -- running and waiting ---------------------------------------------------------
+
+    async def _run(self, session_id: str, snapshot: SessionSnapshot, wait: float) -> None:
+        task = self._running.get(session_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._perform(session_id, snapshot))
+            self._running[session_id] = task
+            task.add_done_callback(lambda _: self._running.pop(session_id, None))
+        # shield: a caller that stops waiting (the webhook's inline budget, a
+        # closed landing page) must not cancel the fulfillment itself.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), wait)
+
+    async def _await_outcome(self, session_id: str, wait: float) -> FulfillmentRecord:
+        """Wait, bounded, for another worker's fulfillment to end; the record then."""
+        task = self._running.get(session_id)
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), wait)
+            return await self._get(session_id)
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            record = await self._get(session_id)
+            if record.status != FULFILLING or asyncio.get_running_loop().time() >= deadline:
+                return record
+            if self._lease_expired(record):
+                # Its worker died: take over now rather than wait for the worker loop.
+                snapshot = await self.stripe.session(session_id)
+                await self._run(
+                    session_id, snapshot, max(0.0, deadline - asyncio.get_running_loop().time())
+                )
+                return await self._get(session_id)
+            await asyncio.sleep(self.options.poll_seconds)
+
+    async def _perform(self, session_id: str, snapshot: SessionSnapshot) -> None:
+        now = self.clock()
+        if not await self.store.claim(session_id, self.owner, self.options.lease_seconds, now):
+            # Another process holds it: its outcome is what our callers wait for.
+            await self._await_outcome(session_id, self.options.wait_seconds)
+            return
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(session_id))
+        try:
+            await self._perform_items(session_id, snapshot)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(session_id, exc)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _perform_items(self, session_id: str, snapshot: SessionSnapshot) -> None:
+        record = await self._get(session_id)
+        by_id = {item.line_item_id: item for item in snapshot.items}
+        for item in record.items:
+            if item.status == ITEM_DONE:
+                continue
+            line = by_id.get(item.line_item_id)
+            if line is None:
+                raise ActionError(f"line item {item.line_item_id} is no longer in the session")
+            entry = self.catalog.match(line.facts)
+            if entry is None:
+                await self.store.item_failed(session_id, item.line_item_id, "no catalog entry")
+                raise ActionError(
+                    f"No catalog entry matches line item {item.line_item_id} "
+                    f"({line.facts.describe()}); add one to the catalog, then retry."
+                )
+            await self.store.set_item_action(session_id, item.line_item_id, entry.action)
+            context = self._context(snapshot, line.line_item_id, entry)
+            try:
+                result = await self.actions[entry.index].perform(context)
+            except Exception as exc:
+                message = _describe(exc)
+                await self.store.item_failed(session_id, item.line_item_id, message)
+                raise ActionError(
+                    f"{entry.action} action for line item {item.line_item_id} failed: {message}"
+                ) from exc
+            recorded = await self.store.item_done(
+                session_id, item.line_item_id, self.owner, result, self.clock()
+            )
+            if not recorded:
+                # Our lease was taken over: the new owner carries on; stop here.
+                log.warning("lost the lease on %s…; another worker continues", session_id[:16])
+                return
+        if not await self.store.finish(session_id, self.owner, self.clock()):
+            log.warning("could not mark %s… fulfilled; the lease was lost", session_id[:16])
+
+    def _context(
+        self, snapshot: SessionSnapshot, line_item_id: str, entry: CatalogEntry
+    ) -> ItemContext:
+        line = next(i for i in snapshot.items if i.line_item_id == line_item_id)
+        return ItemContext(
+            session_id=snapshot.session_id,
+            line_item_id=line.line_item_id,
+            price_id=line.price_id,
+            product_id=line.product_id,
+            description=line.description,
+            quantity=line.quantity,
+            currency=line.currency,
+            amount_total=line.amount_total,
+            customer=dict(snapshot.customer),
+            shipping=dict(snapshot.shipping) if snapshot.shipping else None,
+            metadata=dict(snapshot.metadata),
+            livemode=snapshot.livemode,
+            options=entry.options,
+            entry_name=entry.name,
+        )
+
+    async def _failed(self, session_id: str, exc: Exception) -> None:
+        record = await self._get(session_id)
+        now = self.clock()
+        next_at: datetime | None = None
+        if record.attempts < self.options.max_attempts:
+            delay = backoff_seconds(record.attempts, base=self.options.retry_base_seconds)
+            next_at = now + timedelta(seconds=delay)
+        message = _describe(exc)
+        log.warning(
+            "fulfillment of %s… failed (attempt %d): %s", session_id[:16], record.attempts, message
+        )
+        await self.store.fail(session_id, self.owner, message, next_at, now)
+
+    async def _heartbeat(self, session_id: str) -> None:
+        """Keep the lease while actions run; a slow action must not look like a dead worker."""
+        while True:
+            await asyncio.sleep(self.options.lease_seconds / 3)
+            renewed = await self.store.renew(
+                session_id, self.owner, self.options.lease_seconds, self.clock()
+            )
+            if not renewed:
+                return
+
+    # -- the background worker's step ----------------------------------------------------
+
+    async def run_due(self, limit: int = 50) -> int:
+        """Retry due failures and resume dead workers' sessions; how many were taken up."""
+        now = self.clock()
+        stale = now - timedelta(seconds=max(30.0, self.options.lease_seconds))
+        due = await self.store.due(now, stale, limit)
+        for session_id in due:
+            try:
+                await self.fulfill_checkout(session_id, trigger="retry", wait=0, force=True)
+            except FulfillError as exc:
+                log.warning("retry of %s… failed: %s", session_id[:16], exc.message)
+        return len(due)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait for fulfillments in progress in this process (at shutdown, in tests)."""
+        tasks = list(self._running.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FulfillError):
+        return exc.message
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:1000]
+
+
+__all__ = [
+    "AWAITING_PAYMENT",
+    "Engine",
+    "EngineOptions",
+    "InvalidSessionId",
+    "ModeMismatch",
+]

@@ -1,0 +1,192 @@
+"""The landing page the customer returns to: ``GET /checkout/complete?session_id=…``.
+
+It runs ``fulfill_checkout`` (the customer may arrive before the webhook, or
+the webhook may never come), waits up to ``FULFILL_LANDING_WAIT`` for a
+fulfillment in flight, and renders the record. The session ID in the URL is
+the customer's key to their order: the answer is never cached and never
+leaks the URL as a referrer (SPEC §10.5).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from fulfill.engine import Engine, InvalidSessionId, ModeMismatch
+from fulfill.records import FulfillmentRecord
+from fulfill.stripe_api import SessionNotFound, StripeApiError
+
+log = logging.getLogger("fulfill.landing")
+
+PRIVATE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+REFRESH_SECONDS = 3
+
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+ZERO_DECIMAL = {
+    "bif",
+    "clp",
+    "djf",
+    "gnf",
+    "jpy",
+    "kmf",
+    "krw",
+    "mga",
+    "pyg",
+    "rwf",
+    "ugx",
+    "vnd",
+    "vuv",
+    "xaf",
+    "xof",
+    "xpf",
+}
+
+
+def money(amount: int | None, currency: str | None) -> str:
+    """``2999, "eur"`` → ``"29.99 EUR"`` (zero-decimal currencies as whole units)."""
+    if amount is None or not currency:
+        return ""
+    if currency.lower() in ZERO_DECIMAL:
+        return f"{amount:,} {currency.upper()}"
+    return f"{amount / 100:,.2f} {currency.upper()}"
+
+
+def safe_url(url: Any) -> str | None:
+    """Only http(s) links reach a page; ``javascript:`` and friends are dropped."""
+    if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
+        return url
+    return None
+
+
+TEMPLATES.globals.update(money=money, safe_url=safe_url)
+
+# What each state tells the customer.
+STATES: dict[str, tuple[str, str]] = {
+    "fulfilled": ("Thank you — your order is ready", "Everything you bought is below."),
+    "fulfilling": (
+        "We are preparing your order",
+        "This takes a few seconds. This page refreshes by itself.",
+    ),
+    "pending": (
+        "We are preparing your order",
+        "This takes a few seconds. This page refreshes by itself.",
+    ),
+    "awaiting_payment": (
+        "Your payment is processing",
+        "Your bank has not confirmed the payment yet. We will deliver your order as soon as it "
+        "does; this page refreshes by itself, and you can close it safely.",
+    ),
+    "failed": (
+        "Your payment went through — we are on it",
+        "Something went wrong while we prepared your order. It is being retried automatically "
+        "and our team has been told; you do not need to pay again.",
+    ),
+    "payment_failed": (
+        "Your payment did not go through",
+        "Your bank declined the payment, so nothing was charged or delivered. "
+        "You can return to the shop and try another payment method.",
+    ),
+    "expired": (
+        "This checkout has expired",
+        "The checkout was not completed in time and nothing was charged. "
+        "You can return to the shop and start again.",
+    ),
+    "open": (
+        "Your checkout is not complete",
+        "We have not received your payment for this order. If you meant to pay, "
+        "return to the checkout page and complete it.",
+    ),
+}
+REFRESHING = {"fulfilling", "pending", "awaiting_payment"}
+
+
+def wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def render_record(request: Request, record: FulfillmentRecord) -> Response:
+    if wants_json(request):
+        return JSONResponse(record.as_json(), headers=PRIVATE_HEADERS)
+    title, message = STATES.get(record.status, STATES["failed"])
+    html = TEMPLATES.get_template("landing.html").render(
+        record=record,
+        title=title,
+        message=message,
+        refresh=REFRESH_SECONDS if record.status in REFRESHING else None,
+    )
+    return HTMLResponse(html, headers=PRIVATE_HEADERS)
+
+
+def render_problem(request: Request, status: int, code: str, title: str, message: str) -> Response:
+    if wants_json(request):
+        return JSONResponse(
+            {"error": {"code": code, "message": message}},
+            status_code=status,
+            headers=PRIVATE_HEADERS,
+        )
+    html = TEMPLATES.get_template("problem.html").render(
+        title=title, message=message, status=status
+    )
+    return HTMLResponse(html, status_code=status, headers=PRIVATE_HEADERS)
+
+
+class LandingPage:
+    """``GET /checkout/complete``."""
+
+    def __init__(self, engine: Engine, wait: float) -> None:
+        self.engine = engine
+        self.wait = wait
+
+    async def __call__(self, request: Request) -> Response:
+        session_id = request.query_params.get("session_id", "")
+        try:
+            record = await self.engine.fulfill_checkout(
+                session_id, trigger="landing", wait=self.wait
+            )
+        except InvalidSessionId:
+            return render_problem(
+                request,
+                400,
+                "invalid_session_id",
+                "This link is not valid",
+                "The order link is incomplete or damaged. Please use the link from your "
+                "confirmation email, or contact the shop.",
+            )
+        except ModeMismatch:
+            return render_problem(
+                request,
+                400,
+                "livemode_mismatch",
+                "This link is not valid",
+                "This order does not belong to this shop's current mode.",
+            )
+        except SessionNotFound:
+            return render_problem(
+                request,
+                404,
+                "session_not_found",
+                "We could not find this order",
+                "No order matches this link. Please use the link from your confirmation email, "
+                "or contact the shop.",
+            )
+        except (StripeApiError, SQLAlchemyError, OSError) as exc:
+            log.warning("landing page unavailable: %s", type(exc).__name__)
+            return render_problem(
+                request,
+                503,
+                "temporarily_unavailable",
+                "We could not load your order just now",
+                "Your payment is safe. Please refresh this page in a minute.",
+            )
+        return render_record(request, record)

@@ -1,0 +1,67 @@
+"""Building one service from its settings: store, Stripe client, catalog, actions, engine.
+
+The app factory, the CLI and the public ``fulfill_checkout`` all build the
+same ``Service``; it owns what it opens and closes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from fulfill.actions import Action, build_action
+from fulfill.catalog import Catalog, load_catalog
+from fulfill.config import Settings
+from fulfill.engine import Engine, EngineOptions
+from fulfill.errors import ConfigError
+from fulfill.store import Store
+from fulfill.stripe_api import StripeApi
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    stripe: StripeApi
+    catalog: Catalog
+    http: httpx.AsyncClient
+    engine: Engine
+
+    @classmethod
+    async def start(cls, settings: Settings, *, migrate: bool = True) -> Service:
+        """Open everything; a bad catalog or setting stops here with a clear message."""
+        if settings.stripe_secret_key is None:
+            raise ConfigError(
+                "STRIPE_SECRET_KEY is required: set it to your sk_test_… or sk_live_… key"
+            )
+        catalog = load_catalog(settings.catalog_path)
+        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
+        try:
+            actions: dict[int, Action] = {
+                entry.index: build_action(entry, http=http) for entry in catalog.entries
+            }
+        except BaseException:
+            await http.aclose()
+            raise
+        store = await Store.open(settings.database_url, migrate=migrate)
+        stripe = StripeApi(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
+        engine = Engine(
+            store=store,
+            stripe=stripe,
+            catalog=catalog,
+            actions=actions,
+            livemode=settings.livemode,
+            options=EngineOptions(
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
+                retry_base_seconds=settings.retry_base,
+            ),
+        )
+        return cls(settings, store, stripe, catalog, http, engine)
+
+    async def close(self) -> None:
+        await self.engine.drain(timeout=5)
+        await self.stripe.close()
+        await self.http.aclose()
+        await self.store.close()

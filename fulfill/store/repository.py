@@ -1,0 +1,588 @@
+"""Every read and write of fulfillment state, as atomic statements.
+
+The claim is one conditional ``UPDATE``: it succeeds for exactly one caller,
+whichever process or host it runs in, because the database applies the
+``WHERE`` and the ``SET`` atomically (a row lock on PostgreSQL, the write lock
+on SQLite). Everything that must not happen twice is decided by such a
+statement's row count, never by a read followed by a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fulfill.records import (
+    FAILED,
+    FULFILLED,
+    FULFILLING,
+    ITEM_DONE,
+    ITEM_FAILED,
+    ITEM_PENDING,
+    PENDING,
+    FulfillmentRecord,
+    ItemRecord,
+    SessionSnapshot,
+)
+from fulfill.store import database
+from fulfill.store.schema import (
+    fulfillment_items,
+    fulfillment_triggers,
+    fulfillments,
+    webhook_events,
+)
+
+T = TypeVar("T")
+
+CLAIMABLE = (PENDING, FAILED)
+
+
+class Store:
+    """The database of one service: records, items, triggers, the event inbox."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = sqlite_insert if database.is_sqlite(engine) else pg_insert
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True, pool_size: int = 10) -> Store:
+        engine = database.create_engine(url, pool_size=pool_size)
+        if migrate:
+            await database.migrate(engine)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        return await database.ping(self.engine)
+
+    async def ready(self) -> tuple[bool, str]:
+        """Readiness: reachable, and no migration pending."""
+        if not await self.ping():
+            return False, "database unreachable"
+        try:
+            if await database.migrations_pending(self.engine):
+                return False, "migrations pending: run `fulfill migrate`"
+        except Exception as exc:
+            return False, f"database error: {type(exc).__name__}"
+        return True, "ok"
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction, retrying briefly if SQLite stays locked."""
+        for attempt in range(5):
+            try:
+                async with self.engine.begin() as connection:
+                    return await work(connection)
+            except OperationalError as exc:
+                if "locked" not in str(exc).lower() or attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # -- reads ------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> FulfillmentRecord | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(fulfillments).where(fulfillments.c.session_id == session_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            items = (
+                await connection.execute(
+                    select(fulfillment_items)
+                    .where(fulfillment_items.c.session_id == session_id)
+                    .order_by(fulfillment_items.c.position)
+                )
+            ).all()
+            triggers = (
+                await connection.execute(
+                    select(fulfillment_triggers.c.trigger)
+                    .where(fulfillment_triggers.c.session_id == session_id)
+                    .order_by(fulfillment_triggers.c.id)
+                )
+            ).scalars()
+            return _record(row._mapping, [i._mapping for i in items], list(triggers))
+
+    async def status_of(self, session_id: str) -> str | None:
+        async with self.engine.connect() as connection:
+            value = await connection.scalar(
+                select(fulfillments.c.status).where(fulfillments.c.session_id == session_id)
+            )
+            return str(value) if value is not None else None
+
+    async def due(self, now: datetime, pending_before: datetime, limit: int = 50) -> list[str]:
+        """Sessions the background worker should take up now.
+
+        Failed ones whose next attempt is due, pending ones nobody claimed
+        since ``pending_before`` (their trigger died), and fulfilling ones
+        whose lease expired (their worker died).
+        """
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(fulfillments.c.session_id)
+                .where(
+                    or_(
+                        and_(
+                            fulfillments.c.status == FAILED, fulfillments.c.next_attempt_at <= now
+                        ),
+                        and_(
+                            fulfillments.c.status == PENDING,
+                            fulfillments.c.updated_at < pending_before,
+                        ),
+                        and_(
+                            fulfillments.c.status == FULFILLING,
+                            fulfillments.c.lease_expires_at < now,
+                        ),
+                    )
+                )
+                .order_by(fulfillments.c.updated_at)
+                .limit(limit)
+            )
+            return [str(r[0]) for r in rows]
+
+    async def count_by_status(self) -> dict[str, int]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(fulfillments.c.status, func.count()).group_by(fulfillments.c.status)
+            )
+            return {str(status): int(count) for status, count in rows}
+
+    # -- writes: the record ---------------------------------------------------------
+
+    async def add_trigger(self, session_id: str, trigger: str, now: datetime) -> None:
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                insert(fulfillment_triggers).values(session_id=session_id, trigger=trigger, at=now)
+            )
+
+        await self._write(work)
+
+    async def observe(
+        self,
+        snapshot: SessionSnapshot,
+        status: str,
+        may_replace: Iterable[str],
+        now: datetime,
+    ) -> None:
+        """Record what the API said about a session.
+
+        Inserts the record (and its items) when new; otherwise refreshes the
+        session's fields, and moves the status to ``status`` only from one of
+        ``may_replace``, so a late trigger never moves a record backwards.
+        Items already recorded are left alone: a ``done`` item stays done.
+        """
+        fields = {
+            "payment_status": snapshot.payment_status,
+            "livemode": snapshot.livemode,
+            "mode": snapshot.mode,
+            "customer": dict(snapshot.customer),
+            "shipping": dict(snapshot.shipping) if snapshot.shipping else None,
+            "amount_total": snapshot.amount_total,
+            "currency": snapshot.currency,
+            "client_reference_id": snapshot.client_reference_id,
+            "session_metadata": dict(snapshot.metadata),
+        }
+
+        async def work(connection: AsyncConnection) -> None:
+            inserted = await connection.execute(
+                self._insert(fulfillments)
+                .values(
+                    session_id=snapshot.session_id,
+                    status=status,
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                    **fields,
+                )
+                .on_conflict_do_nothing(index_elements=["session_id"])
+            )
+            if inserted.rowcount == 0:
+                await connection.execute(
+                    update(fulfillments)
+                    .where(fulfillments.c.session_id == snapshot.session_id)
+                    .values(**fields)
+                )
+                await connection.execute(
+                    update(fulfillments)
+                    .where(
+                        fulfillments.c.session_id == snapshot.session_id,
+                        fulfillments.c.status.in_(list(may_replace)),
+                        fulfillments.c.status != status,
+                    )
+                    .values(status=status, updated_at=now)
+                )
+            if snapshot.items:
+                await connection.execute(
+                    self._insert(fulfillment_items)
+                    .values(
+                        [
+                            {
+                                "session_id": snapshot.session_id,
+                                "line_item_id": item.line_item_id,
+                                "position": item.position,
+                                "price_id": item.price_id,
+                                "product_id": item.product_id,
+                                "description": item.description,
+                                "quantity": item.quantity,
+                                "amount_total": item.amount_total,
+                                "currency": item.currency,
+                                "status": ITEM_PENDING,
+                                "attempts": 0,
+                            }
+                            for item in snapshot.items
+                        ]
+                    )
+                    .on_conflict_do_nothing(index_elements=["session_id", "line_item_id"])
+                )
+
+        await self._write(work)
+
+    async def set_status(
+        self, session_id: str, status: str, may_replace: Iterable[str], now: datetime
+    ) -> bool:
+        """Move to ``status`` from one of ``may_replace``; creates a bare record if none."""
+
+        async def work(connection: AsyncConnection) -> bool:
+            inserted = await connection.execute(
+                self._insert(fulfillments)
+                .values(
+                    session_id=session_id,
+                    status=status,
+                    livemode=session_id.startswith("cs_live_"),
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["session_id"])
+            )
+            if inserted.rowcount:
+                return True
+            result = await connection.execute(
+                update(fulfillments)
+                .where(
+                    fulfillments.c.session_id == session_id,
+                    fulfillments.c.status.in_(list(may_replace)),
+                )
+                .values(status=status, updated_at=now)
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    # -- writes: claiming and performing --------------------------------------------
+
+    async def claim(self, session_id: str, owner: str, lease: float, now: datetime) -> bool:
+        """Take the session for fulfillment: exactly one concurrent caller gets True.
+
+        Claimable: ``pending`` or ``failed`` records, and ``fulfilling`` ones
+        whose lease has expired (their worker died; the items it finished are
+        ``done`` and will be skipped).
+        """
+
+        async def work(connection: AsyncConnection) -> bool:
+            result = await connection.execute(
+                update(fulfillments)
+                .where(
+                    fulfillments.c.session_id == session_id,
+                    or_(
+                        fulfillments.c.status.in_(CLAIMABLE),
+                        and_(
+                            fulfillments.c.status == FULFILLING,
+                            fulfillments.c.lease_expires_at < now,
+                        ),
+                    ),
+                )
+                .values(
+                    status=FULFILLING,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease),
+                    attempts=fulfillments.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def renew(self, session_id: str, owner: str, lease: float, now: datetime) -> bool:
+        """Extend our lease; False means it was lost (taken over) and we must stop."""
+
+        async def work(connection: AsyncConnection) -> bool:
+            result = await connection.execute(
+                update(fulfillments)
+                .where(
+                    fulfillments.c.session_id == session_id,
+                    fulfillments.c.status == FULFILLING,
+                    fulfillments.c.lease_owner == owner,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease))
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def set_item_action(self, session_id: str, line_item_id: str, action: str) -> None:
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                update(fulfillment_items)
+                .where(
+                    fulfillment_items.c.session_id == session_id,
+                    fulfillment_items.c.line_item_id == line_item_id,
+                )
+                .values(action=action)
+            )
+
+        await self._write(work)
+
+    async def item_done(
+        self,
+        session_id: str,
+        line_item_id: str,
+        owner: str,
+        result: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """Mark an item ``done`` while we still hold the lease; False if we lost it."""
+
+        async def work(connection: AsyncConnection) -> bool:
+            # FOR UPDATE: on PostgreSQL a takeover must wait until this item is
+            # recorded (SQLite already holds the write lock: BEGIN IMMEDIATE).
+            held = await connection.scalar(
+                select(fulfillments.c.session_id)
+                .where(
+                    fulfillments.c.session_id == session_id,
+                    fulfillments.c.status == FULFILLING,
+                    fulfillments.c.lease_owner == owner,
+                )
+                .with_for_update()
+            )
+            if held is None:
+                return False
+            updated = await connection.execute(
+                update(fulfillment_items)
+                .where(
+                    fulfillment_items.c.session_id == session_id,
+                    fulfillment_items.c.line_item_id == line_item_id,
+                    fulfillment_items.c.status != ITEM_DONE,
+                )
+                .values(
+                    status=ITEM_DONE,
+                    result=result,
+                    error=None,
+                    done_at=now,
+                    attempts=fulfillment_items.c.attempts + 1,
+                )
+            )
+            return bool(updated.rowcount)
+
+        return await self._write(work)
+
+    async def item_failed(self, session_id: str, line_item_id: str, error: str) -> None:
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                update(fulfillment_items)
+                .where(
+                    fulfillment_items.c.session_id == session_id,
+                    fulfillment_items.c.line_item_id == line_item_id,
+                    fulfillment_items.c.status != ITEM_DONE,
+                )
+                .values(status=ITEM_FAILED, error=error, attempts=fulfillment_items.c.attempts + 1)
+            )
+
+        await self._write(work)
+
+    async def finish(self, session_id: str, owner: str, now: datetime) -> bool:
+        """``fulfilled``, only if every item is done and we hold the lease."""
+
+        async def work(connection: AsyncConnection) -> bool:
+            not_done = await connection.scalar(
+                select(func.count())
+                .select_from(fulfillment_items)
+                .where(
+                    fulfillment_items.c.session_id == session_id,
+                    fulfillment_items.c.status != ITEM_DONE,
+                )
+            )
+            if not_done:
+                return False
+            result = await connection.execute(
+                update(fulfillments)
+                .where(
+                    fulfillments.c.session_id == session_id,
+                    fulfillments.c.status == FULFILLING,
+                    fulfillments.c.lease_owner == owner,
+                )
+                .values(
+                    status=FULFILLED,
+                    fulfilled_at=now,
+                    updated_at=now,
+                    last_error=None,
+                    next_attempt_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def fail(
+        self,
+        session_id: str,
+        owner: str,
+        error: str,
+        next_attempt_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """``failed`` with the error and when to try again (None: an operator must)."""
+
+        async def work(connection: AsyncConnection) -> bool:
+            result = await connection.execute(
+                update(fulfillments)
+                .where(
+                    fulfillments.c.session_id == session_id,
+                    fulfillments.c.status == FULFILLING,
+                    fulfillments.c.lease_owner == owner,
+                )
+                .values(
+                    status=FAILED,
+                    last_error=error,
+                    next_attempt_at=next_attempt_at,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def release(self, session_id: str, owner: str, now: datetime) -> None:
+        """Give a claim back untouched (the session turned out not payable after all)."""
+
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                update(fulfillments)
+                .where(fulfillments.c.session_id == session_id, fulfillments.c.lease_owner == owner)
+                .values(status=PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)
+            )
+
+        await self._write(work)
+
+    # -- the webhook inbox --------------------------------------------------------------
+
+    async def record_event(
+        self,
+        event_id: str,
+        event_type: str,
+        session_id: str | None,
+        livemode: bool,
+        outcome: str,
+        now: datetime,
+    ) -> bool:
+        """Insert the event once; False when it was already recorded (a redelivery)."""
+
+        async def work(connection: AsyncConnection) -> bool:
+            result = await connection.execute(
+                self._insert(webhook_events)
+                .values(
+                    event_id=event_id,
+                    type=event_type,
+                    session_id=session_id,
+                    livemode=livemode,
+                    received_at=now,
+                    outcome=outcome,
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def set_event_outcome(self, event_id: str, outcome: str, now: datetime) -> None:
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                update(webhook_events)
+                .where(webhook_events.c.event_id == event_id)
+                .values(outcome=outcome, processed_at=now)
+            )
+
+        await self._write(work)
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(webhook_events).where(webhook_events.c.event_id == event_id)
+                )
+            ).first()
+            return dict(row._mapping) if row else None
+
+    async def unprocessed_events(
+        self, older_than: datetime, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Events acknowledged but whose processing never finished (the process died)."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(webhook_events)
+                .where(
+                    webhook_events.c.outcome == "received",
+                    webhook_events.c.received_at < older_than,
+                )
+                .order_by(webhook_events.c.received_at)
+                .limit(limit)
+            )
+            return [dict(r._mapping) for r in rows]
+
+
+def _record(row: Any, items: Sequence[Any], triggers: list[str]) -> FulfillmentRecord:
+    return FulfillmentRecord(
+        session_id=row["session_id"],
+        status=row["status"],
+        payment_status=row["payment_status"],
+        livemode=bool(row["livemode"]),
+        mode=row["mode"],
+        customer=dict(row["customer"] or {}),
+        shipping=row["shipping"],
+        amount_total=row["amount_total"],
+        currency=row["currency"],
+        client_reference_id=row["client_reference_id"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        fulfilled_at=row["fulfilled_at"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_expires_at=row["lease_expires_at"],
+        metadata=dict(row["session_metadata"] or {}),
+        triggers=triggers,
+        items=[
+            ItemRecord(
+                line_item_id=i["line_item_id"],
+                position=i["position"],
+                price_id=i["price_id"],
+                product_id=i["product_id"],
+                description=i["description"],
+                quantity=i["quantity"],
+                amount_total=i["amount_total"],
+                currency=i["currency"],
+                action=i["action"],
+                status=i["status"],
+                result=i["result"],
+                error=i["error"],
+            )
+            for i in items
+        ],
+    )

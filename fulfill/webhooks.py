@@ -1,0 +1,252 @@
+"""The Stripe webhook endpoint (SPEC §7): verify, record once, trigger, acknowledge.
+
+``verify`` is a pure function of the raw body, the header, the secrets and
+the clock, as in stripe-python's ``WebhookSignature``; the raw body is
+verified before anything parses it (a framework that parses first breaks
+signatures: stripe-node#494). 2xx means the event is durably recorded in the
+inbox; the work itself is carried on by the background worker if this
+process dies before it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from fulfill.engine import Engine, utcnow
+from fulfill.errors import FulfillError
+from fulfill.records import valid_session_id
+from fulfill.store import Store
+from fulfill.stripe_api import SessionNotFound
+
+log = logging.getLogger("fulfill.webhooks")
+
+MAX_BODY = 1024 * 1024  # 1 MiB; Stripe's events are far smaller
+MAX_SIGNATURE_HEADER = 4096
+EVENT_ID_RE = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
+
+FULFILL = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+PAYMENT_FAILED = "checkout.session.async_payment_failed"
+EXPIRED = "checkout.session.expired"
+HANDLED = (*FULFILL, PAYMENT_FAILED, EXPIRED)
+
+
+class WebhookError(FulfillError):
+    status_code = 400
+    code = "invalid_webhook"
+
+
+class SignatureError(WebhookError):
+    code = "invalid_signature"
+
+
+class PayloadTooLarge(WebhookError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+def verify(
+    payload: bytes, header: str | None, secrets: Sequence[str], now: float, tolerance: int
+) -> None:
+    """Raise ``SignatureError`` unless a ``v1`` signature by one of ``secrets`` is valid.
+
+    ``Stripe-Signature: t=…,v1=…[,v1=…][,v0=…]``: HMAC-SHA256 of
+    ``"{t}.{payload}"``; only ``v1`` counts; ``t`` must be within ``tolerance``
+    seconds of ``now`` in either direction (a future date is as suspect as a
+    stale one). Each signature is compared in constant time.
+    """
+    if not header:
+        raise SignatureError("Missing Stripe-Signature header")
+    if len(header) > MAX_SIGNATURE_HEADER or not header.isascii():
+        raise SignatureError("Malformed Stripe-Signature header")
+    timestamps: list[str] = []
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            timestamps.append(value)
+        elif key == "v1":
+            signatures.append(value)
+    if len(timestamps) != 1 or not timestamps[0].isdigit() or len(timestamps[0]) > 12:
+        raise SignatureError("Stripe-Signature has no valid timestamp")
+    if not signatures:
+        raise SignatureError("Stripe-Signature has no v1 signature")
+    timestamp = int(timestamps[0])
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError("Stripe-Signature timestamp is outside the tolerance")
+    signed = timestamps[0].encode() + b"." + payload
+    for secret in secrets:
+        expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+        # Check every candidate: which secret matched must not show in the timing.
+        if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+            return
+    raise SignatureError("No valid signature for this payload")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    livemode: bool
+    session_id: str | None
+
+
+def parse_event(payload: bytes) -> Event:
+    """The parts of a Stripe event the endpoint needs; ``WebhookError`` if it is not one."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise WebhookError("The body is not JSON") from None
+    if not isinstance(body, dict) or body.get("object") != "event":
+        raise WebhookError("The body is not a Stripe event")
+    event_id, event_type, livemode = body.get("id"), body.get("type"), body.get("livemode")
+    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+        raise WebhookError("The event has no valid id")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 128:
+        raise WebhookError("The event has no valid type")
+    if not isinstance(livemode, bool):
+        raise WebhookError("The event has no livemode")
+    session_id: str | None = None
+    if event_type in HANDLED:
+        data = body.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(obj, dict) or obj.get("object") != "checkout.session":
+            raise WebhookError(f"A {event_type} event must carry a Checkout Session")
+        session_id = obj.get("id")
+        if not isinstance(session_id, str) or not valid_session_id(session_id):
+            raise WebhookError("The event's Checkout Session ID is not valid")
+    return Event(event_id, event_type, livemode, session_id)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge("The body is larger than 1 MiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge("The body is larger than 1 MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def process_event(engine: Engine, store: Store, event: Event, trigger: str) -> None:
+    """Act on a recorded event, then mark it processed.
+
+    If this raises (Stripe unavailable, the database gone), the event stays
+    ``received`` and the background worker processes it again later.
+    """
+    assert event.session_id is not None
+    try:
+        if event.type in FULFILL:
+            await engine.fulfill_checkout(event.session_id, trigger=trigger, wait=3600)
+        elif event.type == PAYMENT_FAILED:
+            await engine.record_payment_failed(event.session_id, trigger)
+        elif event.type == EXPIRED:
+            await engine.record_expired(event.session_id, trigger)
+        outcome = "processed"
+    except SessionNotFound:
+        outcome = "session_not_found"
+    await store.set_event_outcome(event.id, outcome, utcnow())
+
+
+class WebhookEndpoint:
+    """``POST /webhooks/stripe``: holds the background tasks it starts."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        secrets: Sequence[str],
+        *,
+        tolerance: int,
+        inline_budget: float,
+        livemode: bool | None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.secrets = tuple(secrets)
+        self.tolerance = tolerance
+        self.inline_budget = inline_budget
+        self.livemode = livemode
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            payload = await read_body(request)
+            verify(
+                payload,
+                request.headers.get("stripe-signature"),
+                self.secrets,
+                time.time(),
+                self.tolerance,
+            )
+            event = parse_event(payload)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        except WebhookError as exc:
+            return _error(exc.status_code, exc.code, exc.message)
+        if self.livemode is not None and event.livemode != self.livemode:
+            log.warning(
+                "refused event %s: livemode %s with a %s key",
+                event.id,
+                event.livemode,
+                "live" if self.livemode else "test",
+            )
+            return _error(400, "livemode_mismatch", "The event's mode does not match the API key")
+        handled = event.type in HANDLED
+        try:
+            new = await self.store.record_event(
+                event.id,
+                event.type,
+                event.session_id,
+                event.livemode,
+                "received" if handled else "ignored",
+                utcnow(),
+            )
+        except (SQLAlchemyError, OSError):
+            log.exception("could not record event %s; answering 503 so Stripe redelivers", event.id)
+            return _error(503, "unavailable", "The event could not be recorded; retry later")
+        if not new:
+            return JSONResponse({"received": True, "duplicate": True})
+        if handled:
+            task = asyncio.get_running_loop().create_task(self._process(event))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            # Fulfill inline for up to the budget so the customer's redirect
+            # usually lands on a finished fulfillment; then acknowledge anyway.
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), self.inline_budget)
+        return JSONResponse({"received": True})
+
+    async def _process(self, event: Event) -> None:
+        try:
+            await process_event(self.engine, self.store, event, f"webhook:{event.id}")
+        except Exception as exc:
+            log.warning("event %s left for the worker: %s", event.id, exc)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def event_from_row(row: dict[str, Any]) -> Event:
+    return Event(row["event_id"], row["type"], bool(row["livemode"]), row["session_id"])
