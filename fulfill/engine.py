@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,6 +108,7 @@ class Engine:
         # In-process: the running fulfillment of each session, so concurrent
         # triggers in one process await one task instead of polling the database.
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # -- the entry point ---------------------------------------------------------
 
@@ -129,20 +131,46 @@ class Engine:
         """
         self.check_session_id(session_id)
         wait = self.options.wait_seconds if wait is None else wait
+        # One caller per session at a time in this process decides what to do;
+        # the others then find its task running and wait on it, so concurrent
+        # triggers in one process cost one retrieve (SPEC §10.3).
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        async with lock:
+            task = self._running.get(session_id)
+            record: FulfillmentRecord | None = None
+            if task is None:
+                record, task = await self._start(session_id, trigger, force)
+        if task is not None:
+            await _bounded(task, wait)
+            record = await self._get(session_id)
+            await self._note_trigger(record, trigger)
+            return record
+        assert record is not None
+        if record.status == FULFILLING:
+            # Another process holds the session: wait, bounded, for its outcome.
+            return await self._await_outcome(session_id, trigger, wait)
+        return record
+
+    async def _start(
+        self, session_id: str, trigger: str, force: bool
+    ) -> tuple[FulfillmentRecord | None, asyncio.Task[None] | None]:
+        """Read the record and, if needed, the session; start the fulfillment if it is due."""
         record = await self.store.get(session_id)
         if record is not None:
             await self._note_trigger(record, trigger)
             if record.status == FULFILLED:
-                return record
+                return record, None
             if record.status == FAILED and not force and not self._retry_due(record):
-                return record
+                return record, None
             if record.status == FULFILLING and not self._lease_expired(record):
-                return await self._await_outcome(session_id, wait)
+                return record, None
         snapshot = await self.stripe.session(session_id)
         self._check_mode(snapshot.livemode, session_id)
         status = status_for(snapshot)
         if status == OPEN:
-            return FulfillmentRecord(
+            transient = FulfillmentRecord(
                 session_id=session_id,
                 status=OPEN,
                 payment_status=snapshot.payment_status,
@@ -151,12 +179,16 @@ class Engine:
                 amount_total=snapshot.amount_total,
                 currency=snapshot.currency,
             )
+            return transient, None
         await self.store.observe(snapshot, status, MAY_REPLACE[status], self.clock())
         if record is None:
             await self.store.add_trigger(session_id, trigger, self.clock())
         if status == PENDING or (record is not None and record.status == FULFILLING):
-            await self._run(session_id, snapshot, wait)
-        return await self._get(session_id)
+            task = asyncio.get_running_loop().create_task(self._perform(session_id, snapshot))
+            self._running[session_id] = task
+            task.add_done_callback(lambda _: self._running.pop(session_id, None))
+            return None, task
+        return await self._get(session_id), None
 
     async def record_payment_failed(self, session_id: str, trigger: str) -> FulfillmentRecord:
         """``checkout.session.async_payment_failed``: nothing is fulfilled."""
@@ -218,43 +250,30 @@ class Engine:
 
     # -- running and waiting ---------------------------------------------------------
 
-    async def _run(self, session_id: str, snapshot: SessionSnapshot, wait: float) -> None:
-        task = self._running.get(session_id)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._perform(session_id, snapshot))
-            self._running[session_id] = task
-            task.add_done_callback(lambda _: self._running.pop(session_id, None))
-        # shield: a caller that stops waiting (the webhook's inline budget, a
-        # closed landing page) must not cancel the fulfillment itself.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), wait)
-
-    async def _await_outcome(self, session_id: str, wait: float) -> FulfillmentRecord:
-        """Wait, bounded, for another worker's fulfillment to end; the record then."""
-        task = self._running.get(session_id)
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), wait)
-            return await self._get(session_id)
-        deadline = asyncio.get_running_loop().time() + wait
+    async def _await_outcome(
+        self, session_id: str, trigger: str, wait: float, *, takeover: bool = True
+    ) -> FulfillmentRecord:
+        """Poll, bounded, until another process's fulfillment ends; the record then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         while True:
             record = await self._get(session_id)
-            if record.status != FULFILLING or asyncio.get_running_loop().time() >= deadline:
+            if record.status != FULFILLING or loop.time() >= deadline:
                 return record
-            if self._lease_expired(record):
+            if takeover and self._lease_expired(record):
                 # Its worker died: take over now rather than wait for the worker loop.
-                snapshot = await self.stripe.session(session_id)
-                await self._run(
-                    session_id, snapshot, max(0.0, deadline - asyncio.get_running_loop().time())
+                return await self.fulfill_checkout(
+                    session_id, trigger=trigger, wait=max(0.0, deadline - loop.time())
                 )
-                return await self._get(session_id)
             await asyncio.sleep(self.options.poll_seconds)
 
     async def _perform(self, session_id: str, snapshot: SessionSnapshot) -> None:
         now = self.clock()
         if not await self.store.claim(session_id, self.owner, self.options.lease_seconds, now):
-            # Another process holds it: its outcome is what our callers wait for.
-            await self._await_outcome(session_id, self.options.wait_seconds)
+            # Another process claimed it first: its outcome is what our callers wait for.
+            await self._await_outcome(
+                session_id, "claim", self.options.wait_seconds, takeover=False
+            )
             return
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(session_id))
         try:
@@ -367,6 +386,16 @@ class Engine:
         tasks = list(self._running.values())
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+
+async def _bounded(task: asyncio.Task[None], wait: float) -> None:
+    """Wait for ``task`` at most ``wait`` seconds without cancelling it.
+
+    shield: a caller that stops waiting (the webhook's inline budget, a
+    closed landing page) must not cancel the fulfillment itself.
+    """
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), wait)
 
 
 def _describe(exc: BaseException) -> str:

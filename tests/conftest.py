@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import stripe
 
+from fulfill.app import create_app as create_service_app
+from fulfill.config import Settings, load_settings
 from fulfill.emulator import Emulator, create_app
-from tests.servers import Receiver, serve_in_thread
+from tests.servers import Receiver, free_port, serve_in_thread
 
 TEST_KEY = "sk_test_emulator"
 
@@ -62,10 +66,19 @@ class EmulatorServer:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def price(self, name: str = "E-book", unit_amount: int = 1900, **extra: Any) -> str:
+    def price(
+        self,
+        name: str = "E-book",
+        unit_amount: int = 1900,
+        *,
+        product_metadata: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> str:
         """A new product with one price; returns the price ID."""
         client = self.stripe()
-        product = client.v1.products.create({"name": name})
+        product = client.v1.products.create(
+            {"name": name, "metadata": product_metadata or {}}
+        )
         price = client.v1.prices.create(
             {"currency": "eur", "unit_amount": unit_amount, "product": product.id, **extra}
         )
@@ -109,3 +122,93 @@ def receiver() -> Iterator[Receiver]:
     with serve_in_thread(hook.app()) as url:
         hook.url = f"{url}/hook"
         yield hook
+
+
+# -- the service ----------------------------------------------------------------------
+
+WEBHOOK_SECRET = "whsec_service_tests_0123456789abcdef"
+HOOK_SECRET = "hook_secret_for_tests"
+HOOK_METADATA = {"fulfill": "hook"}
+
+
+def hook_catalog(receiver_url: str, timeout: str = "10s") -> str:
+    """A catalog whose one entry sends every item tagged fulfill=hook to ``receiver_url``."""
+    return f"""
+[[product]]
+name = "Anything the test receiver fulfills"
+match = {{ metadata = {{ fulfill = "hook" }} }}
+action = "webhook"
+url = "{receiver_url}"
+secret = "{HOOK_SECRET}"
+timeout = "{timeout}"
+"""
+
+
+@dataclass
+class ServiceServer:
+    """A running fulfill service (in a thread) wired to the emulator."""
+
+    url: str
+    settings: Settings
+    shop: EmulatorServer
+    client: httpx.Client
+
+    def landing(self, session_id: str, *, as_json: bool = True) -> httpx.Response:
+        headers = {"Accept": "application/json"} if as_json else {"Accept": "text/html"}
+        return self.client.get(
+            "/checkout/complete", params={"session_id": session_id}, headers=headers
+        )
+
+    def send(self, payload: bytes, signature: str | None) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        if signature is not None:
+            headers["Stripe-Signature"] = signature
+        return self.client.post("/webhooks/stripe", content=payload, headers=headers)
+
+    def paid_session(self, prices: list[tuple[str, int]] | None = None, **extra: Any) -> str:
+        """A session of hook-fulfilled items, completed as paid; returns its ID."""
+        items = prices or [(self.shop.price(product_metadata=HOOK_METADATA), 1)]
+        session = self.shop.session(items, **extra)
+        self.shop.complete(session.id, "paid")
+        return str(session.id)
+
+
+ServiceFactory = Callable[..., ServiceServer]
+
+
+@pytest.fixture
+def service_factory(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> Iterator[ServiceFactory]:
+    """Start services: ``make(catalog=None, webhooks=True, **settings)``."""
+    stack = ExitStack()
+
+    def make(
+        catalog: str | None = None, *, webhooks: bool = True, **overrides: Any
+    ) -> ServiceServer:
+        catalog_path = tmp_path / "catalog.toml"
+        catalog_path.write_text(catalog or hook_catalog(receiver.url))
+        port = free_port()
+        values: dict[str, Any] = {
+            "STRIPE_SECRET_KEY": TEST_KEY,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "STRIPE_API_BASE": emulator_server.url,
+            "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'fulfill.db'}",
+            "FULFILL_CATALOG": str(catalog_path),
+            "FULFILL_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "FULFILL_WORKER_INTERVAL": 0.1,
+            "FULFILL_RETRY_BASE": 0.2,
+            **overrides,
+        }
+        settings = load_settings(env_file=None, **values)
+        url = stack.enter_context(serve_in_thread(create_service_app(settings), port=port))
+        client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
+        if webhooks:
+            emulator_server.post(
+                "/_emulator/webhook_endpoints",
+                {"url": f"{url}/webhooks/stripe", "secret": WEBHOOK_SECRET},
+            )
+        return ServiceServer(url, settings, emulator_server, client)
+
+    with stack:
+        yield make
