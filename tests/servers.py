@@ -58,6 +58,7 @@ class Receiver:
 
     status: int = 200
     delay: float = 0.0
+    failures: int = 0  # answer 500 to this many requests first
     received: list[Received] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -67,9 +68,16 @@ class Receiver:
             body = await request.body()
             with self.lock:
                 self.received.append(Received(dict(request.headers), body, time.time()))
+                failing = self.failures > 0
+                self.failures -= failing
             if self.delay:
                 await asyncio.sleep(self.delay)
-            return JSONResponse({"received": True}, status_code=self.status)
+            if failing:
+                return JSONResponse({"error": "try again"}, status_code=500)
+            return JSONResponse(
+                {"received": True, "message": "Delivered by the test receiver"},
+                status_code=self.status,
+            )
 
         return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 

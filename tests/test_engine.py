@@ -86,3 +86,146 @@ def test_duplicate_and_concurrent_triggers_fulfill_each_item_once(
         assert page.headers["cache-control"] == "no-store"
     assert sorted(keys(receiver).values()) == [1, 1]
     assert retrieves(service, session.id) == 1
+
+
+def test_delayed_payment_waits_then_fulfills(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    price = service.shop.price(product_metadata=HOOK_METADATA)
+    session = service.shop.session([(price, 1)])
+    service.shop.complete(session.id, "delayed")
+    assert service.shop.get("/_emulator/webhooks/idle")["idle"]
+    record = wait_status(service, session.id, "awaiting_payment")
+    assert record["payment_status"] == "unpaid"
+    page = service.landing(session.id, as_json=False)
+    assert "Your payment is processing" in page.text
+    assert 'http-equiv="refresh"' in page.text
+    assert receiver.received == []
+    service.shop.post(f"/_emulator/sessions/{session.id}/settle", {"result": "succeeded"})
+    record = wait_status(service, session.id, "fulfilled")
+    assert len(receiver.received) == 1
+
+
+def test_failed_delayed_payment_fulfills_nothing(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    price = service.shop.price(product_metadata=HOOK_METADATA)
+    session = service.shop.session([(price, 1)])
+    service.shop.complete(session.id, "delayed")
+    service.shop.post(f"/_emulator/sessions/{session.id}/settle", {"result": "failed"})
+    assert service.shop.get("/_emulator/webhooks/idle")["idle"]
+    record = wait_status(service, session.id, "payment_failed")
+    assert [i["status"] for i in record["items"]] == ["pending"]
+    assert "did not go through" in service.landing(session.id, as_json=False).text
+    assert receiver.received == []
+
+
+def test_out_of_order_failure_before_completion_stays_payment_failed(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    service.shop.post("/_emulator/webhooks", {"mode": "hold"})
+    price = service.shop.price(product_metadata=HOOK_METADATA)
+    session = service.shop.session([(price, 1)])
+    service.shop.complete(session.id, "delayed")
+    service.shop.post(f"/_emulator/sessions/{session.id}/settle", {"result": "failed"})
+    attempts = service.shop.post("/_emulator/webhooks/flush", {"order": "reverse"})["attempts"]
+    assert [a["type"] for a in attempts] == [
+        "checkout.session.async_payment_failed",
+        "checkout.session.completed",
+    ]
+    assert wait_status(service, session.id, "payment_failed")["status"] == "payment_failed"
+    assert receiver.received == []
+
+
+def test_twenty_five_line_items_are_all_fulfilled(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    prices = [
+        (service.shop.price(f"Item {n}", product_metadata=HOOK_METADATA), n % 3 + 1)
+        for n in range(25)
+    ]
+    session_id = service.paid_session(prices)
+    record = wait_status(service, session_id, "fulfilled")
+    assert len(record["items"]) == 25
+    assert {i["status"] for i in record["items"]} == {"done"}
+    assert len(keys(receiver)) == 25 and set(keys(receiver).values()) == {1}
+    # one retrieve (10 items expanded) and one more page for the other 15
+    assert retrieves(service, session_id) == 1
+    assert service.shop.requests_to(f"/v1/checkout/sessions/{session_id}/line_items") == 1
+
+
+def test_an_action_failing_twice_is_retried_with_backoff(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    receiver.failures = 2
+    service = service_factory()
+    session_id = service.paid_session()
+    record = wait_status(service, session_id, "fulfilled")
+    assert record["attempts"] == 3
+    assert record["last_error"] is None
+    assert list(keys(receiver).values()) == [3]  # the same idempotency key each time
+    times = [r.at for r in receiver.received]
+    # backoff: 0.2 s after the first failure, 0.4 s after the second
+    assert times[2] - times[1] > times[1] - times[0] > 0.15
+
+
+def test_a_failure_is_recorded_with_the_error_and_next_attempt(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    receiver.failures = 1000
+    service = service_factory(FULFILL_RETRY_BASE=30)
+    session_id = service.paid_session()
+    record = wait_status(service, session_id, "failed")
+    assert "500" in record["last_error"]
+    assert record["next_attempt_at"] is not None
+    assert record["items"][0]["status"] == "failed"
+    assert "we are on it" in service.landing(session_id, as_json=False).text
+    # a landing visit during the backoff does not retry (nor call the API)
+    before = len(receiver.received)
+    service.landing(session_id)
+    assert len(receiver.received) == before
+
+
+def test_unmatched_item_fails_the_session_naming_price_and_product(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    price = service.shop.price("Not in the catalog")
+    session_id = service.paid_session([(price, 1)])
+    record = wait_status(service, session_id, "failed")
+    assert price in record["last_error"] and "prod_" in record["last_error"]
+    assert receiver.received == []
+
+
+def test_slow_action_beyond_inline_budget_is_acknowledged_then_finished(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    receiver.delay = 1.5
+    service = service_factory(FULFILL_INLINE_BUDGET=0.3, webhooks=False)
+    service.shop.post(
+        "/_emulator/webhook_endpoints",
+        {"url": f"{service.url}/webhooks/stripe", "secret": service.settings.webhook_secrets[0]},
+    )
+    service.shop.post("/_emulator/webhooks", {"mode": "hold"})
+    session_id = service.paid_session()
+    attempt = service.shop.post("/_emulator/webhooks/flush", {})["attempts"][0]
+    assert attempt["status"] == 200
+    assert attempt["duration_ms"] < 300 + 700
+    wait_status(service, session_id, "fulfilled")
+    assert len(receiver.received) == 1
+
+
+def test_fulfilled_session_costs_no_api_call(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    session_id = service.paid_session()
+    wait_status(service, session_id, "fulfilled")
+    before = service.shop.get("/_emulator/requests")["total"]
+    for _ in range(5):
+        assert service.landing(session_id).json()["status"] == "fulfilled"
+    assert service.shop.get("/_emulator/requests")["total"] == before
