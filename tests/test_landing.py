@@ -1,0 +1,70 @@
+"""The landing page: a clear page for every state, private headers, escaped content."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import HOOK_METADATA, ServiceFactory
+from tests.servers import Receiver
+from tests.test_engine import wait_status
+
+
+def test_fulfilled_page_shows_items_results_and_private_headers(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    price = service.shop.price("<img src=x onerror=alert(1)>", 2999, product_metadata=HOOK_METADATA)
+    session_id = service.paid_session([(price, 2)])
+    wait_status(service, session_id, "fulfilled")
+    page = service.landing(session_id, as_json=False)
+    assert page.status_code == 200
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "<img src=x" not in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    assert "59.98 EUR" in page.text
+    assert "Delivered by the test receiver" in page.text
+
+
+def test_unknown_session_is_404_and_malformed_is_400_before_any_api_call(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory()
+    unknown = service.landing("cs_test_" + "a" * 58, as_json=False)
+    assert unknown.status_code == 404
+    assert "could not find this order" in unknown.text
+    before = service.shop.get("/_emulator/requests")["total"]
+    for bad in (
+        "",
+        "cs_test_../../v1/customers",
+        "cs_test_abc%2Fdef",
+        "cs_test_ab?x=1",
+        "cs_test_аbc",
+        "cs_test_" + "a" * 10_000,
+        "cs_live_abc",
+    ):
+        page = service.landing(bad, as_json=False)
+        assert page.status_code == 400, bad
+        assert "Traceback" not in page.text
+    assert service.shop.get("/_emulator/requests")["total"] == before
+    assert service.landing("").json()["error"]["code"] == "invalid_session_id"
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "words"),
+    [
+        ("open", "open", "not complete"),
+        ("expire", "expired", "has expired"),
+    ],
+)
+def test_open_and_expired_sessions(
+    service_factory: ServiceFactory, action: str, status: str, words: str
+) -> None:
+    service = service_factory()
+    session = service.shop.session([(service.shop.price(product_metadata=HOOK_METADATA), 1)])
+    if action == "expire":
+        service.shop.stripe().v1.checkout.sessions.expire(session.id)
+        assert service.shop.get("/_emulator/webhooks/idle")["idle"]
+    record = service.landing(session.id).json()
+    assert record["status"] == status
+    assert words in service.landing(session.id, as_json=False).text

@@ -1,0 +1,213 @@
+"""The webhook endpoint refuses everything SPEC §7 refuses, and changes nothing when it does."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+import stripe
+
+from fulfill.webhooks import SignatureError, WebhookError, parse_event, verify
+from tests.conftest import WEBHOOK_SECRET, ServiceFactory, ServiceServer
+
+SECRETS = ("whsec_old", "whsec_new")
+NOW = 1_800_000_000
+
+
+def signature(payload: bytes, secret: str, timestamp: int, scheme: str = "v1") -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
+    return f"t={timestamp},{scheme}={digest.hexdigest()}"
+
+
+# -- verify: a pure function ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_any_configured_secret_signs(secret: str) -> None:
+    verify(b"{}", signature(b"{}", secret, NOW), SECRETS, NOW, 300)
+
+
+def test_the_official_library_agrees_with_verify() -> None:
+    payload = json.dumps({"id": "evt_1", "object": "event"}).encode()
+    header = signature(payload, "whsec_new", int(time.time()))
+    verify(payload, header, SECRETS, time.time(), 300)
+    event = stripe.Webhook.construct_event(payload, header, "whsec_new")
+    assert event.id == "evt_1"
+
+
+def test_one_valid_among_several_v1() -> None:
+    good = signature(b"{}", "whsec_new", NOW).split(",")[1]
+    header = f"t={NOW},v1={'0' * 64},{good},v0={'1' * 64}"
+    verify(b"{}", header, SECRETS, NOW, 300)
+
+
+@pytest.mark.parametrize(
+    ("header", "now"),
+    [
+        pytest.param(None, NOW, id="missing"),
+        pytest.param("", NOW, id="empty"),
+        pytest.param(f"t={NOW}", NOW, id="no-v1"),
+        pytest.param(signature(b"{}", "whsec_new", NOW, "v0"), NOW, id="only-v0"),
+        pytest.param(signature(b"{}", "whsec_other", NOW), NOW, id="wrong-secret"),
+        pytest.param(signature(b"{ }", "whsec_new", NOW), NOW, id="body-changed"),
+        pytest.param(signature(b"{}", "whsec_new", NOW - 301), NOW, id="stale"),
+        pytest.param(signature(b"{}", "whsec_new", NOW + 301), NOW, id="future"),
+        pytest.param("t=" + "9" * 10_000 + ",v1=00", NOW, id="10kb"),
+        pytest.param(signature(b"{}", "whsec_new", NOW) + ",v1=é", NOW, id="non-ascii"),
+        pytest.param("v1=abc,t=x", NOW, id="bad-timestamp"),
+        pytest.param(f"t={NOW},t={NOW},v1=00", NOW, id="two-timestamps"),
+    ],
+)
+def test_refused_signatures(header: str | None, now: int) -> None:
+    with pytest.raises(SignatureError):
+        verify(b"{}", header, SECRETS, now, 300)
+
+
+def test_tolerance_edges_are_inside() -> None:
+    verify(b"{}", signature(b"{}", "whsec_new", NOW - 300), SECRETS, NOW, 300)
+    verify(b"{}", signature(b"{}", "whsec_new", NOW + 300), SECRETS, NOW, 300)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"object": "charge"}',
+        b'{"object": "event", "id": "evt_1", "type": "x"}',
+        b'{"object": "event", "id": "../x", "type": "x", "livemode": false}',
+        json.dumps(
+            {
+                "object": "event",
+                "id": "evt_1",
+                "type": "checkout.session.completed",
+                "livemode": False,
+                "data": {"object": {"object": "charge", "id": "ch_1"}},
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "object": "event",
+                "id": "evt_1",
+                "type": "checkout.session.completed",
+                "livemode": False,
+                "data": {"object": {"object": "checkout.session", "id": "cs_test_../../v1"}},
+            }
+        ).encode(),
+    ],
+)
+def test_non_events_are_refused(body: bytes) -> None:
+    with pytest.raises(WebhookError):
+        parse_event(body)
+
+
+# -- the endpoint -------------------------------------------------------------------------
+
+
+def event(session_id: str, event_type: str = "checkout.session.completed", **extra: Any) -> bytes:
+    body = {
+        "id": "evt_" + session_id[-20:],
+        "object": "event",
+        "type": event_type,
+        "livemode": False,
+        "created": int(time.time()),
+        "data": {"object": {"id": session_id, "object": "checkout.session"}},
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def snapshot(service: ServiceServer) -> dict[str, list[Any]]:
+    path = service.settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        return {
+            table: sorted(db.execute(f"SELECT * FROM {table}").fetchall())  # noqa: S608
+            for table in (
+                "fulfillments",
+                "fulfillment_items",
+                "fulfillment_triggers",
+                "webhook_events",
+            )
+        }
+
+
+def test_forged_and_malformed_deliveries_change_nothing(service_factory: ServiceFactory) -> None:
+    service = service_factory(webhooks=False)
+    session_id = service.paid_session()
+    payload = event(session_id)
+    now = int(time.time())
+    before = snapshot(service)
+    api_before = service.shop.get("/_emulator/requests")["total"]
+    cases: list[tuple[bytes, str | None, int]] = [
+        (payload, None, 400),
+        (payload, signature(payload, "whsec_wrong", now), 400),
+        (payload, signature(payload, WEBHOOK_SECRET, now - 301), 400),
+        (payload, signature(payload, WEBHOOK_SECRET, now + 301), 400),
+        (payload + b" ", signature(payload, WEBHOOK_SECRET, now), 400),
+        (b"", signature(b"", WEBHOOK_SECRET, now), 400),
+        (b"{bad", signature(b"{bad", WEBHOOK_SECRET, now), 400),
+        (b"x" * (1024 * 1024 + 1), signature(b"x", WEBHOOK_SECRET, now), 413),
+    ]
+    live = event(session_id.replace("cs_test_", "cs_live_"), livemode=True)
+    cases.append((live, signature(live, WEBHOOK_SECRET, now), 400))
+    for body, header, status in cases:
+        answer = service.send(body, header)
+        assert answer.status_code == status, (header, answer.text)
+        assert set(answer.json()["error"]) == {"code", "message"}
+    assert snapshot(service) == before
+    assert service.shop.get("/_emulator/requests")["total"] == api_before
+
+
+def test_valid_event_is_recorded_once_and_redelivery_is_acknowledged(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(webhooks=False)
+    session_id = service.paid_session()
+    payload = event(session_id)
+    header = signature(payload, WEBHOOK_SECRET, int(time.time()))
+    first = service.send(payload, header)
+    assert first.status_code == 200 and first.json() == {"received": True}
+    again = service.send(payload, header)
+    assert again.json() == {"received": True, "duplicate": True}
+    rows = snapshot(service)["webhook_events"]
+    assert len(rows) == 1 and rows[0][5] == "processed"
+
+
+def test_other_event_types_are_acknowledged_and_ignored(service_factory: ServiceFactory) -> None:
+    service = service_factory(webhooks=False)
+    payload = json.dumps(
+        {
+            "id": "evt_charge1",
+            "object": "event",
+            "type": "charge.succeeded",
+            "livemode": False,
+            "data": {"object": {"object": "charge", "id": "ch_1"}},
+        }
+    ).encode()
+    answer = service.send(payload, signature(payload, WEBHOOK_SECRET, int(time.time())))
+    assert answer.status_code == 200
+    assert snapshot(service)["fulfillments"] == []
+    assert snapshot(service)["webhook_events"][0][5] == "ignored"
+
+
+def test_rolled_secrets_both_sign(service_factory: ServiceFactory) -> None:
+    service = service_factory(
+        STRIPE_WEBHOOK_SECRET=f"whsec_previous0,{WEBHOOK_SECRET}", webhooks=False
+    )
+    for index, secret in enumerate(("whsec_previous0", WEBHOOK_SECRET)):
+        payload = json.dumps(
+            {
+                "id": f"evt_roll{index}",
+                "object": "event",
+                "type": "customer.created",
+                "livemode": False,
+                "data": {"object": {}},
+            }
+        ).encode()
+        answer = service.send(payload, signature(payload, secret, int(time.time())))
+        assert answer.status_code == 200
