@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+from stripe import HTTPXClient, StripeClient
 
 from fulfill.app import create_app as create_service_app
 from fulfill.config import Settings, load_settings
@@ -27,9 +28,9 @@ class EmulatorServer:
     url: str
     emulator: Emulator
     control: httpx.Client
-    http_clients: list[stripe.HTTPXClient] = field(default_factory=list)
+    http_clients: list[HTTPXClient] = field(default_factory=list)
 
-    def stripe(self, *, retries: int = 0, key: str = TEST_KEY, **options: Any) -> stripe.StripeClient:
+    def stripe(self, *, retries: int = 0, key: str = TEST_KEY, **options: Any) -> StripeClient:
         """A synchronous official client pointed at this emulator (closed at teardown)."""
         http_client = stripe.HTTPXClient(allow_sync_methods=True)
         self.http_clients.append(http_client)
@@ -41,8 +42,8 @@ class EmulatorServer:
             **options,
         )
 
-    def stripe_async(self, *, retries: int = 0) -> stripe.StripeClient:
-        """An async official client; close it with ``await client._requestor._client.close_async()``."""
+    def stripe_async(self, *, retries: int = 0) -> StripeClient:
+        """An async-capable official client (its HTTP client is closed at teardown)."""
         http_client = stripe.HTTPXClient(allow_sync_methods=True)
         self.http_clients.append(http_client)
         return stripe.StripeClient(
@@ -54,7 +55,7 @@ class EmulatorServer:
 
     def close(self) -> None:
         for client in self.http_clients:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self.control.post(path, json=body or {})
@@ -76,11 +77,9 @@ class EmulatorServer:
     ) -> str:
         """A new product with one price; returns the price ID."""
         client = self.stripe()
-        product = client.v1.products.create(
-            {"name": name, "metadata": product_metadata or {}}
-        )
+        product = client.v1.products.create({"name": name, "metadata": product_metadata or {}})
         price = client.v1.prices.create(
-            {"currency": "eur", "unit_amount": unit_amount, "product": product.id, **extra}
+            {"currency": "eur", "unit_amount": unit_amount, "product": product.id, **extra}  # type: ignore[typeddict-item]
         )
         return price.id
 
@@ -88,7 +87,7 @@ class EmulatorServer:
         """A new open Checkout Session for (price, quantity) pairs."""
         items = prices or [(self.price(), 1)]
         return self.stripe().v1.checkout.sessions.create(
-            {
+            {  # type: ignore[arg-type]
                 "mode": "payment",
                 "success_url": "http://shop.test/done?session_id={CHECKOUT_SESSION_ID}",
                 "line_items": [{"price": p, "quantity": q} for p, q in items],
@@ -97,7 +96,9 @@ class EmulatorServer:
         )
 
     def complete(self, session_id: str, outcome: str = "paid", **extra: Any) -> Any:
-        return self.post(f"/_emulator/sessions/{session_id}/complete", {"outcome": outcome, **extra})
+        return self.post(
+            f"/_emulator/sessions/{session_id}/complete", {"outcome": outcome, **extra}
+        )
 
     def requests_to(self, path: str) -> int:
         """How many API requests the emulator has logged for exactly ``path``."""

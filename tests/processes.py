@@ -1,4 +1,7 @@
-"""Service instances as real processes (``python -m fulfill serve``), for crash and multi-process tests."""
+"""Service instances as real processes (``python -m fulfill serve``).
+
+For crash and multi-process tests.
+"""
 
 from __future__ import annotations
 

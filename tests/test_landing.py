@@ -39,7 +39,7 @@ def test_unknown_session_is_404_and_malformed_is_400_before_any_api_call(
         "cs_test_../../v1/customers",
         "cs_test_abc%2Fdef",
         "cs_test_ab?x=1",
-        "cs_test_аbc",
+        "cs_test_\u0430bc",
         "cs_test_" + "a" * 10_000,
         "cs_live_abc",
     ):

@@ -113,14 +113,13 @@ def test_sigkill_mid_action_resumes_without_repeating_done_items(
     first = start_instance(env, tmp_path / "first.log")
     try:
         shop.complete(session.id)
-        with httpx.Client(timeout=5) as client:
-            # The landing visit starts the fulfillment and times out waiting.
-            with pytest.raises(httpx.ReadTimeout):
-                client.get(
-                    f"{first.url}/checkout/complete",
-                    params={"session_id": session.id},
-                    timeout=0.5,
-                )
+        # The landing visit starts the fulfillment and times out waiting.
+        with httpx.Client(timeout=5) as client, pytest.raises(httpx.ReadTimeout):
+            client.get(
+                f"{first.url}/checkout/complete",
+                params={"session_id": session.id},
+                timeout=0.5,
+            )
         receiver.wait_for(2, timeout=10)  # item 1 done, item 2 in flight
         first.kill()
     finally:

@@ -171,11 +171,13 @@ def test_valid_event_is_recorded_once_and_redelivery_is_acknowledged(
     payload = event(session_id)
     header = signature(payload, WEBHOOK_SECRET, int(time.time()))
     first = service.send(payload, header)
-    assert first.status_code == 200 and first.json() == {"received": True}
+    assert first.status_code == 200
+    assert first.json() == {"received": True}
     again = service.send(payload, header)
     assert again.json() == {"received": True, "duplicate": True}
     rows = snapshot(service)["webhook_events"]
-    assert len(rows) == 1 and rows[0][5] == "processed"
+    assert len(rows) == 1
+    assert rows[0][5] == "processed"
 
 
 def test_other_event_types_are_acknowledged_and_ignored(service_factory: ServiceFactory) -> None:
