@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import stripe
+from sqlalchemy import text
 from stripe import HTTPXClient, StripeClient
 
 from fulfill.app import create_app as create_service_app
 from fulfill.config import Settings, load_settings
 from fulfill.emulator import Emulator, create_app
+from fulfill.store.database import create_engine
+from tests.requirements import missing_service
 from tests.servers import Receiver, free_port, serve_in_thread
 
 TEST_KEY = "sk_test_emulator"
@@ -177,9 +184,63 @@ class ServiceServer:
 ServiceFactory = Callable[..., ServiceServer]
 
 
+POSTGRES_ADMIN = os.environ.get(
+    "FULFILL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+async def _postgres_admin(statement: str) -> None:
+    dsn = POSTGRES_ADMIN.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    name = "fulfill_test_" + uuid.uuid4().hex[:12]
+    try:
+        asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        missing_service(f"PostgreSQL is not reachable at {POSTGRES_ADMIN}: {exc}")
+    base = POSTGRES_ADMIN.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each service test runs on a fresh SQLite file and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fulfill.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+def table_rows(database_url: str, table: str) -> list[tuple[Any, ...]]:
+    """Every row of ``table``, sorted, read through SQLAlchemy (any backend)."""
+
+    async def read() -> list[tuple[Any, ...]]:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                result = await connection.execute(text(f"SELECT * FROM {table}"))  # noqa: S608
+                return sorted((tuple(row) for row in result), key=repr)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
 @pytest.fixture
 def service_factory(
-    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver, database_url: str
 ) -> Iterator[ServiceFactory]:
     """Start services: ``make(catalog=None, webhooks=True, **settings)``."""
     stack = ExitStack()
@@ -194,7 +255,7 @@ def service_factory(
             "STRIPE_SECRET_KEY": TEST_KEY,
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "STRIPE_API_BASE": emulator_server.url,
-            "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'fulfill.db'}",
+            "FULFILL_DATABASE_URL": database_url,
             "FULFILL_CATALOG": str(catalog_path),
             "FULFILL_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "FULFILL_WORKER_INTERVAL": 0.1,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 import stripe
 
 from fulfill.webhooks import SignatureError, WebhookError, parse_event, verify
-from tests.conftest import WEBHOOK_SECRET, ServiceFactory, ServiceServer
+from tests.conftest import WEBHOOK_SECRET, ServiceFactory, ServiceServer, table_rows
 
 SECRETS = ("whsec_old", "whsec_new")
 NOW = 1_800_000_000
@@ -123,17 +122,10 @@ def event(session_id: str, event_type: str = "checkout.session.completed", **ext
 
 
 def snapshot(service: ServiceServer) -> dict[str, list[Any]]:
-    path = service.settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
-        return {
-            table: sorted(db.execute(f"SELECT * FROM {table}").fetchall())  # noqa: S608
-            for table in (
-                "fulfillments",
-                "fulfillment_items",
-                "fulfillment_triggers",
-                "webhook_events",
-            )
-        }
+    return {
+        table: table_rows(service.settings.database_url, table)
+        for table in ("fulfillments", "fulfillment_items", "fulfillment_triggers", "webhook_events")
+    }
 
 
 def test_forged_and_malformed_deliveries_change_nothing(service_factory: ServiceFactory) -> None:
