@@ -373,7 +373,7 @@ class Engine:
         """Retry due failures and resume dead workers' sessions; how many were taken up."""
         now = self.clock()
         stale = now - timedelta(seconds=max(30.0, self.options.lease_seconds))
-        due = await self.store.due(now, stale, limit)
+        due = await self.store.take_due(now, stale, window=self.options.lease_seconds, limit=limit)
         for session_id in due:
             try:
                 await self.fulfill_checkout(session_id, trigger="retry", wait=0, force=True)

@@ -122,35 +122,57 @@ class Store:
             )
             return str(value) if value is not None else None
 
-    async def due(self, now: datetime, pending_before: datetime, limit: int = 50) -> list[str]:
-        """Sessions the background worker should take up now.
+    async def take_due(
+        self, now: datetime, pending_before: datetime, window: float, limit: int = 50
+    ) -> list[str]:
+        """Sessions the background worker should take up now, each given to one instance.
 
-        Failed ones whose next attempt is due, pending ones nobody claimed
-        since ``pending_before`` (their trigger died), and fulfilling ones
-        whose lease expired (their worker died).
+        Due: failed ones whose next attempt has come, pending ones nobody
+        claimed since ``pending_before`` (their trigger died), and fulfilling
+        ones whose lease expired (their worker died). Each candidate is taken
+        by a conditional write that pushes ``next_attempt_at`` ``window``
+        seconds ahead, so that when every instance's worker looks at once,
+        one of them takes it and the others don't spend an API call on it.
         """
+        not_deferred = or_(
+            fulfillments.c.next_attempt_at.is_(None), fulfillments.c.next_attempt_at <= now
+        )
+        due = or_(
+            and_(fulfillments.c.status == FAILED, fulfillments.c.next_attempt_at <= now),
+            and_(
+                fulfillments.c.status == PENDING,
+                fulfillments.c.updated_at < pending_before,
+                not_deferred,
+            ),
+            and_(
+                fulfillments.c.status == FULFILLING,
+                fulfillments.c.lease_expires_at < now,
+                not_deferred,
+            ),
+        )
         async with self.engine.connect() as connection:
             rows = await connection.execute(
                 select(fulfillments.c.session_id)
-                .where(
-                    or_(
-                        and_(
-                            fulfillments.c.status == FAILED, fulfillments.c.next_attempt_at <= now
-                        ),
-                        and_(
-                            fulfillments.c.status == PENDING,
-                            fulfillments.c.updated_at < pending_before,
-                        ),
-                        and_(
-                            fulfillments.c.status == FULFILLING,
-                            fulfillments.c.lease_expires_at < now,
-                        ),
-                    )
-                )
+                .where(due)
                 .order_by(fulfillments.c.updated_at)
                 .limit(limit)
             )
-            return [str(r[0]) for r in rows]
+            candidates = [str(r[0]) for r in rows]
+        later = now + timedelta(seconds=window)
+        taken: list[str] = []
+        for session_id in candidates:
+
+            async def work(connection: AsyncConnection, session_id: str = session_id) -> bool:
+                result = await connection.execute(
+                    update(fulfillments)
+                    .where(fulfillments.c.session_id == session_id, due)
+                    .values(next_attempt_at=later)
+                )
+                return bool(result.rowcount)
+
+            if await self._write(work):
+                taken.append(session_id)
+        return taken
 
     async def count_by_status(self) -> dict[str, int]:
         async with self.engine.connect() as connection:
