@@ -1,0 +1,150 @@
+"""Several instances on one PostgreSQL: exactly once across processes, crashes, and outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    HOOK_METADATA,
+    WEBHOOK_SECRET,
+    EmulatorServer,
+    postgres_database,
+    table_rows,
+)
+from tests.load import Load, completed_events
+from tests.processes import instances
+from tests.proxy import proxy_to
+from tests.servers import Receiver
+from tests.test_processes import service_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def paid_sessions(shop: EmulatorServer, count: int, webhooks: str = "off") -> list[str]:
+    """``count`` sessions of one or two items, paid (by default with no webhook sent)."""
+    shop.post("/_emulator/webhooks", {"mode": webhooks})
+    prices = [shop.price(f"P{n}", product_metadata=HOOK_METADATA) for n in range(2)]
+    sessions = [shop.session([(p, 1) for p in prices[: n % 2 + 1]]).id for n in range(count)]
+    for session_id in sessions:
+        shop.complete(session_id)
+    return [str(s) for s in sessions]
+
+
+def wait_all_fulfilled(database_url: str, expected: int, timeout: float = 120) -> Counter[str]:
+    deadline = time.monotonic() + timeout
+    statuses: Counter[str] = Counter()
+    while time.monotonic() < deadline:
+        statuses = Counter(row[1] for row in table_rows(database_url, "fulfillments"))
+        if statuses.get("fulfilled", 0) == expected:
+            return statuses
+        time.sleep(0.5)
+    raise AssertionError(f"not all fulfilled: {statuses}")
+
+
+def expected_keys(count: int) -> int:
+    return sum(n % 2 + 1 for n in range(count))
+
+
+def test_three_instances_fulfill_300_sessions_exactly_once(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    with postgres_database() as database_url:
+        env = service_env(tmp_path, emulator_server, receiver, FULFILL_DATABASE_URL=database_url)
+        sessions = paid_sessions(emulator_server, 300)
+        payloads = completed_events(emulator_server, sessions)
+        with instances(env, tmp_path, 3) as servers:
+            load = Load([s.url for s in servers])
+            load.run(payloads)
+            wait_all_fulfilled(database_url, 300)
+        assert load.statuses["webhook 200"] == 600
+        assert load.statuses["landing 200"] == 300
+        counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
+        assert len(counts) == expected_keys(300)
+        assert set(counts.values()) == {1}
+
+
+def test_an_instance_killed_mid_load_leaves_nothing_undone(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    receiver.delay = 0.05
+    with postgres_database() as database_url:
+        env = service_env(
+            tmp_path,
+            emulator_server,
+            receiver,
+            FULFILL_DATABASE_URL=database_url,
+            FULFILL_LEASE_SECONDS="3",
+        )
+        sessions = paid_sessions(emulator_server, 300)
+        payloads = completed_events(emulator_server, sessions)
+        with instances(env, tmp_path, 3) as servers:
+            load = Load([s.url for s in servers])
+            victim = servers[0]
+
+            def kill_when_busy() -> None:
+                receiver.wait_for(100, timeout=60)
+                victim.kill()
+                with load.lock:
+                    load.urls.remove(victim.url)
+
+            killer = threading.Thread(target=kill_when_busy)
+            killer.start()
+            load.run(payloads)
+            killer.join()
+            assert victim.process.returncode == -9
+            wait_all_fulfilled(database_url, 300)
+        counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
+        assert len(counts) == expected_keys(300), "every item performed"
+        repeated = [key for key, n in counts.items() if n > 1]
+        # Only an item the killed instance was performing at that instant may be
+        # sent again, with the same Idempotency-Key for its receiver to drop;
+        # the dead process ran at most its in-flight actions, one per session.
+        assert all(counts[key] == 2 for key in repeated)
+        assert len(repeated) <= 48
+
+
+def test_database_outage_gets_503_then_everything_is_fulfilled_once(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    with postgres_database() as database_url:
+        address = urlsplit(database_url)
+        host, port = address.hostname or "127.0.0.1", address.port or 5432
+        with proxy_to(host, port) as proxy:
+            proxied = database_url.replace(f"{host}:{port}", f"127.0.0.1:{proxy.port}")
+            env = service_env(tmp_path, shop, receiver, FULFILL_DATABASE_URL=proxied)
+            with instances(env, tmp_path, 2) as servers:
+                for server in servers:
+                    shop.post(
+                        "/_emulator/webhook_endpoints",
+                        {"url": f"{server.url}/webhooks/stripe", "secret": WEBHOOK_SECRET},
+                    )
+                shop.post("/_emulator/webhooks", {"retry_delays": [0.5, 1, 2, 3, 4, 5, 5, 5]})
+                proxy.down()
+                # Paid while the database is away: each event goes to both
+                # instances, is refused with 503, and is redelivered.
+                sessions = paid_sessions(shop, 30, webhooks="live")
+                time.sleep(2)
+                readiness = [httpx.get(f"{s.url}/readyz", timeout=10).status_code for s in servers]
+                proxy.restore()
+                assert shop.get("/_emulator/webhooks/idle?timeout=90")["idle"]
+                wait_all_fulfilled(database_url, 30)
+                ready_again = [
+                    httpx.get(f"{s.url}/readyz", timeout=10).status_code for s in servers
+                ]
+        assert readiness == [503, 503]
+        assert ready_again == [200, 200]
+        attempts = shop.get("/_emulator/deliveries")["attempts"]
+        assert any(a["status"] == 503 for a in attempts), "refused while the database was away"
+        delivered = {(a["event_id"], a["endpoint_id"]) for a in attempts if a["status"] == 200}
+        assert len(delivered) == 2 * len(sessions), "every event acknowledged by both instances"
+        counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
+        assert len(counts) == expected_keys(30)
+        assert set(counts.values()) == {1}
