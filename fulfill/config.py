@@ -18,6 +18,11 @@ from fulfill.errors import ConfigError
 
 SECRET_KEY_RE = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]+$")
 WEBHOOK_SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=_-]+$")
+COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+DEFAULT_SHIPPING_COUNTRIES = (
+    "AT,AU,BE,BG,CA,CH,CY,CZ,DE,DK,EE,ES,FI,FR,GB,GR,HR,HU,IE,IS,IT,JP,LI,LT,LU,LV,MT,NL,NO,"
+    "NZ,PL,PT,RO,SE,SG,SI,SK,US"
+)
 
 
 class Settings(BaseSettings):
@@ -46,6 +51,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=10, alias="FULFILL_MAX_ATTEMPTS", ge=1)
     retry_base: float = Field(default=10.0, alias="FULFILL_RETRY_BASE", gt=0)
     worker_interval: float = Field(default=2.0, alias="FULFILL_WORKER_INTERVAL", gt=0)
+    db_pool_size: int = Field(default=10, alias="FULFILL_DB_POOL_SIZE", ge=1, le=200)
+    # Where POST /checkout/sessions lets Checkout ship physical goods (ISO 3166-1 alpha-2).
+    shipping_countries: str = Field(
+        default=DEFAULT_SHIPPING_COUNTRIES, alias="FULFILL_SHIPPING_COUNTRIES"
+    )
 
     @field_validator("stripe_secret_key")
     @classmethod
@@ -64,6 +74,14 @@ class Settings(BaseSettings):
         if not parts or any(not WEBHOOK_SECRET_RE.match(p) for p in parts):
             raise ValueError("must be one or more whsec_… secrets, comma-separated")
         return value
+
+    @field_validator("shipping_countries")
+    @classmethod
+    def _check_countries(cls, value: str) -> str:
+        codes = [c.strip().upper() for c in value.split(",") if c.strip()]
+        if not codes or any(not COUNTRY_RE.match(c) for c in codes):
+            raise ValueError("must be two-letter country codes, comma-separated, like DE,FR,US")
+        return ",".join(codes)
 
     @field_validator("stripe_api_base", "public_url")
     @classmethod
@@ -86,6 +104,10 @@ class Settings(BaseSettings):
             return ()
         raw = self.stripe_webhook_secret.get_secret_value()
         return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+    @property
+    def shipping_country_list(self) -> tuple[str, ...]:
+        return tuple(self.shipping_countries.split(","))
 
     @property
     def livemode(self) -> bool | None:

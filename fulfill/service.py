@@ -44,7 +44,9 @@ class Service:
         except BaseException:
             await http.aclose()
             raise
-        store = await Store.open(settings.database_url, migrate=migrate)
+        store = await Store.open(
+            settings.database_url, migrate=migrate, pool_size=settings.db_pool_size
+        )
         stripe = StripeApi(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
         engine = Engine(
             store=store,
