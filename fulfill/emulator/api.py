@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fulfill.emulator import params as p
+from fulfill.emulator.delivery import Deliveries
 from fulfill.emulator.errors import StripeError, invalid, missing, missing_parameter
 from fulfill.emulator.state import Obj, State, _public
 
@@ -60,7 +61,9 @@ def paginate(
     after = p.get_str(params, "starting_after")
     before = p.get_str(params, "ending_before")
     if after and before:
-        raise invalid("ending_before", "You may only specify one of starting_after and ending_before.")
+        raise invalid(
+            "ending_before", "You may only specify one of starting_after and ending_before."
+        )
     ids = [item["id"] for item in items]
     if after:
         if after not in ids:
@@ -185,7 +188,9 @@ def _price_from(state: State, params: p.Params, prefix: str = "") -> Obj:
     product_id = p.get_str(params, "product", prefix)
     product_data = p.get_hash(params, "product_data", prefix)
     if product_id and product_data:
-        raise invalid(p.sub(prefix, "product_data"), "Specify only one of product and product_data.")
+        raise invalid(
+            p.sub(prefix, "product_data"), "Specify only one of product and product_data."
+        )
     if product_data is not None:
         data_prefix = p.sub(prefix, "product_data")
         p.check_keys(product_data, ("name", "description", "metadata", "images"), data_prefix)
@@ -469,12 +474,15 @@ async def retrieve_event(request: Request, params: p.Params) -> Obj:
 
 @stripe_route("/v1/webhook_endpoints", ["POST"])
 async def create_webhook_endpoint(request: Request, params: p.Params) -> Obj:
-    p.check_keys(params, ("url", "enabled_events", "api_version", "description", "metadata", "expand"))
+    p.check_keys(
+        params, ("url", "enabled_events", "api_version", "description", "metadata", "expand")
+    )
     url = p.get_str(params, "url", required=True) or ""
     events = [str(e) for e in p.get_list(params, "enabled_events")]
     if not events:
         raise missing_parameter("enabled_events")
-    endpoint = request.app.state.emulator.deliveries.add_endpoint(
+    deliveries: Deliveries = request.app.state.emulator.deliveries
+    endpoint = deliveries.add_endpoint(
         url, enabled_events=events, api_version=p.get_str(params, "api_version")
     )
     return endpoint.as_stripe(with_secret=True)
@@ -483,7 +491,10 @@ async def create_webhook_endpoint(request: Request, params: p.Params) -> Obj:
 @stripe_route("/v1/webhook_endpoints", ["GET"])
 async def list_webhook_endpoints(request: Request, params: p.Params) -> Obj:
     p.check_keys(params, PAGINATION)
-    endpoints = [e.as_stripe(with_secret=False) for e in request.app.state.emulator.deliveries.endpoints.values()]
+    endpoints = [
+        e.as_stripe(with_secret=False)
+        for e in request.app.state.emulator.deliveries.endpoints.values()
+    ]
     for index, endpoint in enumerate(endpoints):
         endpoint["_seq"] = index
     return paginate(list(reversed(endpoints)), params, "/v1/webhook_endpoints")

@@ -146,9 +146,13 @@ class Deliveries:
     async def idle(self, timeout: float = 30.0) -> bool:
         """Wait until no delivery is in flight (for tests); True if it got there."""
         deadline = time.monotonic() + timeout
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return not self._tasks
+        # A delivery may spawn others (a flush spawns retries): wait until none is left.
+        while self._tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -170,7 +174,9 @@ class Deliveries:
             for _ in range(self.copies):
                 self._spawn(self._deliver_with_retries(event["id"], endpoint, "live"))
 
-    async def flush(self, order: str = "fifo", *, concurrent: bool = False, seed: int | None = None) -> list[Obj]:
+    async def flush(
+        self, order: str = "fifo", *, concurrent: bool = False, seed: int | None = None
+    ) -> list[Obj]:
         """Deliver the held events in the chosen order; the attempts made."""
         held, self.held = self.held, []
         if order == "reverse":
@@ -193,17 +199,25 @@ class Deliveries:
         return [a.as_json() for a in attempts]
 
     async def redeliver(
-        self, event_id: str, *, copies: int = 1, concurrent: bool = True, endpoint_id: str | None = None
+        self,
+        event_id: str,
+        *,
+        copies: int = 1,
+        concurrent: bool = True,
+        endpoint_id: str | None = None,
     ) -> list[Obj]:
         """Send an event again, ``copies`` times, at once or one after another."""
         endpoints = [
             e
             for e in self.endpoints.values()
-            if (endpoint_id is None or e.id == endpoint_id) and e.wants(self.events[event_id]["type"])
+            if (endpoint_id is None or e.id == endpoint_id)
+            and e.wants(self.events[event_id]["type"])
         ]
         jobs = [endpoint for endpoint in endpoints for _ in range(copies)]
         if concurrent:
-            attempts = await asyncio.gather(*(self.attempt(event_id, ep, 1, "redeliver") for ep in jobs))
+            attempts = await asyncio.gather(
+                *(self.attempt(event_id, ep, 1, "redeliver") for ep in jobs)
+            )
         else:
             attempts = [await self.attempt(event_id, ep, 1, "redeliver") for ep in jobs]
         return [a.as_json() for a in attempts]

@@ -207,7 +207,9 @@ class ApiGuard:
         expected: str | None = self.emulator.api_key
         valid = key == expected if expected else key.startswith(("sk_test_", "rk_test_"))
         if not valid:
-            return StripeError(401, f"Invalid API Key provided: {_redact(key)}", code="api_key_invalid")
+            return StripeError(
+                401, f"Invalid API Key provided: {_redact(key)}", code="api_key_invalid"
+            )
         return None
 
 

@@ -74,9 +74,7 @@ def get_choice(
     options = list(choices)
     if value is not None and value not in options:
         name = sub(prefix, key)
-        raise invalid(
-            name, f"Invalid {name}: must be one of {', '.join(options)}", kind="string"
-        )
+        raise invalid(name, f"Invalid {name}: must be one of {', '.join(options)}", kind="string")
     return value
 
 

@@ -215,9 +215,16 @@ class State:
             "adaptive_pricing": {"enabled": False},
             "after_expiration": None,
             "allow_promotion_codes": None,
+            # null in the captured 2026-08-26.dahlia event (tests/fixtures/)
+            "allowed_payment_method_types": None,
             "amount_subtotal": subtotal,
             "amount_total": subtotal,
-            "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
+            "automatic_tax": {
+                "enabled": False,
+                "liability": None,
+                "provider": None,
+                "status": None,
+            },
             "billing_address_collection": None,
             "branding_settings": {
                 "background_color": "#ffffff",
@@ -335,7 +342,8 @@ class State:
         if session["status"] != "open":
             raise StripeError(
                 400,
-                f"Checkout Session {sid} is {session['status']}; only open sessions can be completed.",
+                f"Checkout Session {sid} is {session['status']}; "
+                "only open sessions can be completed.",
                 code="checkout_session_not_open",
             )
         if outcome not in OUTCOMES:
@@ -408,7 +416,9 @@ class State:
         """Expire every open session whose ``expires_at`` has passed."""
         now = self.now()
         due = [
-            s["id"] for s in self.sessions.values() if s["status"] == "open" and s["expires_at"] <= now
+            s["id"]
+            for s in self.sessions.values()
+            if s["status"] == "open" and s["expires_at"] <= now
         ]
         for sid in due:
             self.expire(sid)
@@ -465,7 +475,11 @@ class State:
 
 def render_for_version(session: Obj, api_version: str | None) -> Obj:
     """Older API versions carry the shipping address at the top level."""
-    if api_version and api_version < SHIPPING_MOVED_IN and session.get("object") == "checkout.session":
+    if (
+        api_version
+        and api_version < SHIPPING_MOVED_IN
+        and session.get("object") == "checkout.session"
+    ):
         collected = session.pop("collected_information", None) or {}
         session["shipping_details"] = collected.get("shipping_details")
     return session
