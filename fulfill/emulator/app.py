@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fulfill.emulator import api, control
-from fulfill.emulator.delivery import Deliveries
+from fulfill.emulator.delivery import Deliveries, Endpoint
 from fulfill.emulator.errors import StripeError
 from fulfill.emulator.faults import ApiGuard, Faults, RequestLog
 from fulfill.emulator.state import Obj, State
@@ -36,14 +36,27 @@ class Emulator:
         self._retry_delays = retry_delays
         self._latency_ms = latency_ms
         self._background: set[asyncio.Task[None]] = set()
+        self._kept_endpoints: list[Endpoint] = []
         self.reset()
+
+    def keep_endpoint(self, url: str, secret: str | None = None) -> Endpoint:
+        """Register a webhook endpoint that survives ``reset()`` (``--webhook`` at start)."""
+        endpoint = self.deliveries.add_endpoint(url, secret=secret)
+        self._kept_endpoints.append(endpoint)
+        return endpoint
 
     def reset(self) -> None:
         old = getattr(self, "deliveries", None)
+        # Retries and settlements still pending belong to the forgotten objects:
+        # left running they would reach the next test's receiver.
+        for task in [*self._background, *(old._tasks if old else ())]:
+            task.cancel()
         self.state = State()
         self.deliveries = Deliveries(self.state.events)
         if old is not None:
             self.deliveries._client = old._client
+        for endpoint in self._kept_endpoints:
+            self.deliveries.endpoints[endpoint.id] = endpoint
         if self._retry_delays is not None:
             self.deliveries.retry_delays = self._retry_delays
         self.state.on_event = self.deliveries.on_event

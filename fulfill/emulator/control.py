@@ -52,6 +52,20 @@ def _number(body: dict[str, Any], key: str, default: float, minimum: float = 0) 
     return float(value)
 
 
+def _query_number(request: Request, key: str, default: float) -> float:
+    """A number from the query string; 400 naming it when it is not one."""
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise invalid(key, f"{key} must be a number", kind="number") from None
+    if value < 0:
+        raise invalid(key, f"{key} must be a number ≥ 0", kind="number")
+    return value
+
+
 # -- sessions -------------------------------------------------------------------
 
 
@@ -149,7 +163,9 @@ async def flush_webhooks(request: Request) -> Response:
         raise invalid("order", f"order must be one of {', '.join(ORDERS)}")
     seed = body.get("seed")
     attempts = await emulator_of(request).deliveries.flush(
-        order, concurrent=bool(body.get("concurrent", False)), seed=seed if isinstance(seed, int) else None
+        order,
+        concurrent=bool(body.get("concurrent", False)),
+        seed=seed if isinstance(seed, int) else None,
     )
     return JSONResponse({"attempts": attempts})
 
@@ -161,11 +177,14 @@ async def redeliver_event(request: Request) -> Response:
     if event_id not in emulator.state.events:
         raise missing("event", event_id)
     body = await json_body(request)
+    endpoint_id = body.get("endpoint")
+    if endpoint_id is not None and endpoint_id not in emulator.deliveries.endpoints:
+        raise missing("webhook_endpoint", str(endpoint_id), param="endpoint")
     attempts = await emulator.deliveries.redeliver(
         event_id,
         copies=int(_number(body, "copies", 1, minimum=1)),
         concurrent=bool(body.get("concurrent", True)),
-        endpoint_id=body.get("endpoint"),
+        endpoint_id=endpoint_id,
     )
     return JSONResponse({"attempts": attempts})
 
@@ -179,7 +198,7 @@ async def delivery_log(request: Request) -> Response:
 
 async def wait_idle(request: Request) -> Response:
     """Wait (up to ``?timeout=`` seconds) until no webhook delivery is in flight."""
-    timeout = float(request.query_params.get("timeout", "30"))
+    timeout = _query_number(request, "timeout", 30)
     idle = await emulator_of(request).deliveries.idle(timeout)
     return JSONResponse({"idle": idle}, status_code=200 if idle else 504)
 
@@ -188,7 +207,8 @@ async def wait_idle(request: Request) -> Response:
 
 
 async def add_fault(request: Request) -> Response:
-    """``{"kind", "path"?, "method"?, "count"?, "share"?, "latency_ms"?, "status"?, "retry_after"?}``."""
+    """``{"kind", "path"?, "method"?, "count"?, "share"?, "latency_ms"?, "status"?,
+    "retry_after"?}``."""
     body = await json_body(request)
     kind = body.get("kind")
     if kind not in KINDS:
@@ -233,12 +253,14 @@ async def request_log(request: Request) -> Response:
     if request.method == "DELETE":
         log.clear()
         return JSONResponse({"cleared": True})
-    since = int(request.query_params.get("since", "0"))
+    since = _query_number(request, "since", 0)
     path = request.query_params.get("path")
     entries = [
         e.as_json() for e in log.entries if e.seq > since and (path is None or e.path == path)
     ]
-    return JSONResponse({"total": sum(log.counts.values()), "counts": dict(log.counts), "requests": entries})
+    return JSONResponse(
+        {"total": sum(log.counts.values()), "counts": dict(log.counts), "requests": entries}
+    )
 
 
 async def reset(request: Request) -> Response:
@@ -250,33 +272,49 @@ async def reset(request: Request) -> Response:
 # -- the hosted checkout page ---------------------------------------------------------
 
 
-def _hosted_session(request: Request) -> Obj:
+def _hosted_session(request: Request) -> Obj | None:
     state = emulator_of(request).state
-    session: Obj = state.get_session(request.path_params["id"])
+    session: Obj | None = state.sessions.get(request.path_params["id"])
     return session
 
 
+def _message(title: str, message: str, status: int, link: str | None = None) -> Response:
+    page = TEMPLATES.get_template("message.html").render(title=title, message=message, link=link)
+    return HTMLResponse(page, status_code=status)
+
+
+def _not_found() -> Response:
+    return _message(
+        "Checkout session not found",
+        "This payment link is not valid. Return to the shop and try again.",
+        404,
+    )
+
+
+def _success_target(session: Obj) -> str:
+    """Where Checkout sends the customer after paying: the ID filled in."""
+    target = str(session.get("success_url") or session.get("return_url") or "/")
+    return target.replace("{CHECKOUT_SESSION_ID}", session["id"])
+
+
+def _closed(session: Obj) -> Response:
+    """The page of a session that can no longer be paid."""
+    complete = session["status"] == "complete"
+    return _message(
+        "This checkout is closed",
+        f"This checkout session is {session['status']}.",
+        200 if complete else 410,
+        link=_success_target(session) if complete else None,
+    )
+
+
 async def hosted_page(request: Request) -> Response:
-    try:
-        session = _hosted_session(request)
-    except StripeError:
-        return HTMLResponse(
-            TEMPLATES.get_template("message.html").render(
-                title="Checkout session not found",
-                message="This payment link is not valid. Return to the shop and try again.",
-            ),
-            status_code=404,
-        )
-    state = emulator_of(request).state
+    session = _hosted_session(request)
+    if session is None:
+        return _not_found()
     if session["status"] != "open":
-        return HTMLResponse(
-            TEMPLATES.get_template("message.html").render(
-                title="This checkout is closed",
-                message=f"This checkout session is {session['status']}.",
-                link=session.get("success_url") if session["status"] == "complete" else None,
-            ),
-            status_code=410 if session["status"] == "expired" else 200,
-        )
+        return _closed(session)
+    state = emulator_of(request).state
     items = state.line_items[session["id"]]
     return HTMLResponse(
         TEMPLATES.get_template("checkout.html").render(
@@ -289,36 +327,48 @@ async def hosted_page(request: Request) -> Response:
     )
 
 
+def _form_shipping(form: Any) -> Obj | None:
+    """The shipping name and address entered on the page (None without a street)."""
+    address: dict[str, str | None] = {
+        key: str(form.get(key)) if form.get(key) else None
+        for key in ("line1", "line2", "city", "postal_code", "state", "country")
+    }
+    if not address["line1"]:
+        return None
+    name = str(form.get("shipping_name") or form.get("name") or "") or None
+    return {"name": name, "address": address}
+
+
 async def hosted_pay(request: Request) -> Response:
     emulator = emulator_of(request)
     session = _hosted_session(request)
+    if session is None:
+        return _not_found()
+    if session["status"] == "complete":
+        # Paid already (a double click, the back button): on to the shop, paying once.
+        return RedirectResponse(_success_target(session), status_code=303)
+    if session["status"] != "open":
+        return _closed(session)
     form = await request.form()
-    outcome = str(form.get("outcome", "paid"))
-    shipping = None
-    if session["shipping_address_collection"] is not None:
-        shipping = {
-            "name": str(form.get("shipping_name") or form.get("name") or "") or None,
-            "address": {
-                key: (str(form.get(key)) or None) if form.get(key) else None
-                for key in ("line1", "line2", "city", "postal_code", "state", "country")
-            },
-        }
-        if not shipping["address"]["line1"]:
-            shipping = None
-    session = emulator.state.complete(
-        session["id"],
-        outcome,
-        email=str(form.get("email") or "") or None,
-        name=str(form.get("name") or "") or None,
-        shipping=shipping,
-    )
+    shipping = _form_shipping(form) if session["shipping_address_collection"] else None
+    try:
+        session = emulator.state.complete(
+            session["id"],
+            str(form.get("outcome", "paid")),
+            email=str(form.get("email") or "") or None,
+            name=str(form.get("name") or "") or None,
+            shipping=shipping,
+        )
+    except StripeError as error:
+        return _message("The payment did not go through", error.message, error.status)
     emulator.schedule_settlement(session, str(form.get("settle", "")) or None)
-    target = session.get("success_url") or session.get("return_url") or "/"
-    return RedirectResponse(target.replace("{CHECKOUT_SESSION_ID}", session["id"]), status_code=303)
+    return RedirectResponse(_success_target(session), status_code=303)
 
 
 async def hosted_cancel(request: Request) -> Response:
     session = _hosted_session(request)
+    if session is None:
+        return _not_found()
     return RedirectResponse(session.get("cancel_url") or "/", status_code=303)
 
 

@@ -33,14 +33,16 @@ def build(
     )
     for spec in webhooks:
         url, _, secret = spec.partition("=")
-        endpoint = emulator.deliveries.add_endpoint(url, secret=secret or None)
+        endpoint = emulator.keep_endpoint(url, secret=secret or None)
         console.print(f"webhook endpoint {endpoint.url}  secret [bold]{endpoint.secret}[/bold]")
     return emulator
 
 
 def serve_emulator(*, host: str, port: int, **options: object) -> None:
     emulator = build(**options)  # type: ignore[arg-type]
-    console.print(f"Stripe emulator on [bold]http://{host}:{port}[/bold] (API at /v1, control at /_emulator)")
+    console.print(
+        f"Stripe emulator on [bold]http://{host}:{port}[/bold] (API at /v1, control at /_emulator)"
+    )
     run(emulator, host, port)
 
 
