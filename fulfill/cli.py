@@ -138,6 +138,23 @@ def serve(host: str, port: int, workers: int) -> None:
 
 
 @main.command()
+def migrate() -> None:
+    """Apply pending database migrations (safe to run from several hosts at once)."""
+    import asyncio
+
+    from fulfill.store import Store
+
+    settings = _settings()
+
+    async def apply() -> None:
+        store = await Store.open(settings.database_url, migrate=True)
+        await store.close()
+
+    asyncio.run(apply())
+    Console().print("migrations applied")
+
+
+@main.command()
 @click.argument("session_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def run(session_id: str, as_json: bool) -> None:
