@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -137,3 +138,31 @@ def test_sigkill_mid_action_resumes_without_repeating_done_items(
     assert counts[done_before] == 1, "an item done before the crash is not performed again"
     assert counts[in_flight] == 2, "the item in flight is performed again, with the same key"
     assert result["attempts"] == 2
+
+
+def test_serve_with_two_worker_processes(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    env = service_env(tmp_path, shop, receiver)
+    price = shop.price(product_metadata=HOOK_METADATA)
+    instance = start_instance(env, tmp_path / "workers.log", workers=2)
+    try:
+        children = subprocess.run(
+            ["pgrep", "-P", str(instance.process.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        shop.post(
+            "/_emulator/webhook_endpoints",
+            {"url": f"{instance.url}/webhooks/stripe", "secret": WEBHOOK_SECRET},
+        )
+        sessions = [shop.session([(price, 1)]).id for _ in range(20)]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            list(pool.map(lambda s: shop.complete(s), sessions))
+            list(pool.map(lambda s: record(instance.url, s), sessions))
+        wait_fulfilled(instance.url, sessions)
+    finally:
+        instance.stop()
+    assert len(children) >= 2, "uvicorn runs two worker processes"
+    counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
+    assert len(counts) == 20
+    assert set(counts.values()) == {1}
