@@ -25,15 +25,18 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from fulfill import logs
 from fulfill.actions import Action, ActionError, ItemContext
 from fulfill.catalog import Catalog, CatalogEntry
 from fulfill.errors import FulfillError
+from fulfill.metrics import Metrics
 from fulfill.records import (
     AWAITING_PAYMENT,
     EXPIRED,
@@ -96,6 +99,7 @@ class Engine:
         livemode: bool | None,
         options: EngineOptions | None = None,
         clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.stripe = stripe
@@ -104,6 +108,7 @@ class Engine:
         self.livemode = livemode
         self.options = options or EngineOptions()
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # In-process: the running fulfillment of each session, so concurrent
         # triggers in one process await one task instead of polling the database.
@@ -130,6 +135,12 @@ class Engine:
         (the worker, an operator).
         """
         self.check_session_id(session_id)
+        with logs.bound(session_id=session_id):
+            return await self._fulfill(session_id, trigger, wait, force)
+
+    async def _fulfill(
+        self, session_id: str, trigger: str, wait: float | None, force: bool
+    ) -> FulfillmentRecord:
         wait = self.options.wait_seconds if wait is None else wait
         # One caller per session at a time in this process decides what to do;
         # the others then find its task running and wait on it, so concurrent
@@ -181,6 +192,11 @@ class Engine:
             )
             return transient, None
         await self.store.observe(snapshot, status, MAY_REPLACE[status], self.clock())
+        if status != PENDING and (record is None or record.status != status):
+            self.metrics.fulfillments.labels(status).inc()
+        if record is not None and record.status == FULFILLING:
+            log.warning("taking over a fulfillment whose worker's lease expired")
+            self.metrics.lease_takeovers.inc()
         if record is None:
             await self.store.add_trigger(session_id, trigger, self.clock())
         if status == PENDING or (record is not None and record.status == FULFILLING):
@@ -201,7 +217,8 @@ class Engine:
     async def _record_final(self, session_id: str, status: str, trigger: str) -> FulfillmentRecord:
         self.check_session_id(session_id)
         now = self.clock()
-        await self.store.set_status(session_id, status, MAY_REPLACE[status], now)
+        if await self.store.set_status(session_id, status, MAY_REPLACE[status], now):
+            self.metrics.fulfillments.labels(status).inc()
         record = await self._get(session_id)
         await self._note_trigger(record, trigger)
         return record
@@ -305,14 +322,21 @@ class Engine:
                 )
             await self.store.set_item_action(session_id, item.line_item_id, entry.action)
             context = self._context(snapshot, line.line_item_id, entry)
+            started = time.perf_counter()
             try:
                 result = await self.actions[entry.index].perform(context)
             except Exception as exc:
+                self.metrics.action_seconds.labels(entry.action, "failed").observe(
+                    time.perf_counter() - started
+                )
                 message = _describe(exc)
                 await self.store.item_failed(session_id, item.line_item_id, message)
                 raise ActionError(
                     f"{entry.action} action for line item {item.line_item_id} failed: {message}"
                 ) from exc
+            self.metrics.action_seconds.labels(entry.action, "done").observe(
+                time.perf_counter() - started
+            )
             recorded = await self.store.item_done(
                 session_id, item.line_item_id, self.owner, result, self.clock()
             )
@@ -320,8 +344,11 @@ class Engine:
                 # Our lease was taken over: the new owner carries on; stop here.
                 log.warning("lost the lease on %s…; another worker continues", session_id[:16])
                 return
-        if not await self.store.finish(session_id, self.owner, self.clock()):
-            log.warning("could not mark %s… fulfilled; the lease was lost", session_id[:16])
+        if await self.store.finish(session_id, self.owner, self.clock()):
+            self.metrics.fulfillments.labels("fulfilled").inc()
+            log.info("fulfilled")
+        else:
+            log.warning("could not mark the session fulfilled; the lease was lost")
 
     def _context(
         self, snapshot: SessionSnapshot, line_item_id: str, entry: CatalogEntry
@@ -356,6 +383,7 @@ class Engine:
             "fulfillment of %s… failed (attempt %d): %s", session_id[:16], record.attempts, message
         )
         await self.store.fail(session_id, self.owner, message, next_at, now)
+        self.metrics.fulfillments.labels("failed").inc()
 
     async def _heartbeat(self, session_id: str) -> None:
         """Keep the lease while actions run; a slow action must not look like a dead worker."""
@@ -374,6 +402,7 @@ class Engine:
         now = self.clock()
         stale = now - timedelta(seconds=max(30.0, self.options.lease_seconds))
         due = await self.store.take_due(now, stale, window=self.options.lease_seconds, limit=limit)
+        self.metrics.retries.inc(len(due))
         for session_id in due:
             try:
                 await self.fulfill_checkout(session_id, trigger="retry", wait=0, force=True)

@@ -26,8 +26,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from fulfill import logs
 from fulfill.engine import Engine, utcnow
 from fulfill.errors import FulfillError
+from fulfill.metrics import Metrics
 from fulfill.records import valid_session_id
 from fulfill.store import Store
 from fulfill.stripe_api import SessionNotFound
@@ -180,8 +182,10 @@ class WebhookEndpoint:
         tolerance: int,
         inline_budget: float,
         livemode: bool | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics or engine.metrics
         self.store = store
         self.secrets = tuple(secrets)
         self.tolerance = tolerance
@@ -192,6 +196,12 @@ class WebhookEndpoint:
     async def __call__(self, request: Request) -> Response:
         try:
             payload = await read_body(request)
+        except PayloadTooLarge as exc:
+            self.metrics.webhook_events.labels("unknown", "invalid").inc()
+            return _error(exc.status_code, exc.code, exc.message)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        try:
             verify(
                 payload,
                 request.headers.get("stripe-signature"),
@@ -200,10 +210,18 @@ class WebhookEndpoint:
                 self.tolerance,
             )
             event = parse_event(payload)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        except WebhookError as exc:
+        except SignatureError as exc:
+            self.metrics.webhook_events.labels("unknown", "refused").inc()
+            log.warning("refused a webhook delivery: %s", exc.message)
             return _error(exc.status_code, exc.code, exc.message)
+        except WebhookError as exc:
+            self.metrics.webhook_events.labels("unknown", "invalid").inc()
+            return _error(exc.status_code, exc.code, exc.message)
+        with logs.bound(event_id=event.id, session_id=event.session_id):
+            return await self._accept(event)
+
+    async def _accept(self, event: Event) -> Response:
+        count = self.metrics.webhook_events.labels
         if self.livemode is not None and event.livemode != self.livemode:
             log.warning(
                 "refused event %s: livemode %s with a %s key",
@@ -211,6 +229,7 @@ class WebhookEndpoint:
                 event.livemode,
                 "live" if self.livemode else "test",
             )
+            count(event.type, "refused").inc()
             return _error(400, "livemode_mismatch", "The event's mode does not match the API key")
         handled = event.type in HANDLED
         try:
@@ -224,9 +243,12 @@ class WebhookEndpoint:
             )
         except (SQLAlchemyError, OSError):
             log.exception("could not record event %s; answering 503 so Stripe redelivers", event.id)
+            count(event.type, "unavailable").inc()
             return _error(503, "unavailable", "The event could not be recorded; retry later")
         if not new:
+            count(event.type, "duplicate").inc()
             return JSONResponse({"received": True, "duplicate": True})
+        count(event.type, "accepted" if handled else "ignored").inc()
         if handled:
             task = asyncio.get_running_loop().create_task(self._process(event))
             self.tasks.add(task)

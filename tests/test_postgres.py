@@ -133,6 +133,11 @@ def test_database_outage_gets_503_then_everything_is_fulfilled_once(
                 sessions = paid_sessions(shop, 30, webhooks="live")
                 time.sleep(2)
                 readiness = [httpx.get(f"{s.url}/readyz", timeout=10).status_code for s in servers]
+                page = httpx.get(
+                    f"{servers[0].url}/checkout/complete",
+                    params={"session_id": sessions[0]},
+                    timeout=30,
+                )
                 proxy.restore()
                 assert shop.get("/_emulator/webhooks/idle?timeout=90")["idle"]
                 wait_all_fulfilled(database_url, 30)
@@ -140,6 +145,8 @@ def test_database_outage_gets_503_then_everything_is_fulfilled_once(
                     httpx.get(f"{s.url}/readyz", timeout=10).status_code for s in servers
                 ]
         assert readiness == [503, 503]
+        assert page.status_code == 503
+        assert "refresh this page in a minute" in page.text
         assert ready_again == [200, 200]
         attempts = shop.get("/_emulator/deliveries")["attempts"]
         assert any(a["status"] == 503 for a in attempts), "refused while the database was away"
