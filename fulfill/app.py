@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fulfill.config import Settings, load_settings
+from fulfill.errors import FulfillError
 from fulfill.landing import LandingPage
+from fulfill.pages import render_error
 from fulfill.service import Service
+from fulfill.storefront import Storefront
 from fulfill.webhooks import WebhookEndpoint
 from fulfill.worker import Worker
 
@@ -84,6 +87,12 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             livemode=settings.livemode,
         )
         app.state.landing = LandingPage(service.engine, settings.landing_wait)
+        app.state.storefront = Storefront(
+            service.catalog,
+            service.stripe,
+            public_url=settings.public_url,
+            shipping_countries=settings.shipping_country_list,
+        )
         worker = Worker(
             service.engine,
             service.store,
@@ -111,6 +120,23 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         page: LandingPage = request.app.state.landing
         return await page(request)
 
+    async def shop(request: Request) -> Response:
+        storefront: Storefront = request.app.state.storefront
+        return await storefront.page(request)
+
+    async def checkout(request: Request) -> Response:
+        storefront: Storefront = request.app.state.storefront
+        return await storefront.checkout(request)
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/shop", status_code=303)
+
+    async def fulfill_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, FulfillError)
+        if exc.status_code >= 500:
+            access_log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return render_error(request, exc)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -126,10 +152,14 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         routes=[
             Route("/webhooks/stripe", webhook, methods=["POST"]),
             Route("/checkout/complete", landing, methods=["GET"]),
+            Route("/checkout/sessions", checkout, methods=["POST"]),
+            Route("/shop", shop, methods=["GET"]),
+            Route("/", home, methods=["GET"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],
         middleware=[Middleware(AccessLog)],
+        exception_handlers={FulfillError: fulfill_error},
         lifespan=lifespan,
     )
 

@@ -10,65 +10,28 @@ leaks the URL as a referrer (SPEC §10.5).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from fulfill.engine import Engine, InvalidSessionId, ModeMismatch
+from fulfill.pages import (
+    PRIVATE_HEADERS,
+    TEMPLATES,
+    money,
+    render_problem,
+    safe_url,
+    wants_json,
+)
 from fulfill.records import FulfillmentRecord
 from fulfill.stripe_api import SessionNotFound, StripeApiError
 
+__all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "render_record", "safe_url"]
+
 log = logging.getLogger("fulfill.landing")
 
-PRIVATE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 REFRESH_SECONDS = 3
-
-TEMPLATES = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=select_autoescape(["html"]),
-)
-
-ZERO_DECIMAL = {
-    "bif",
-    "clp",
-    "djf",
-    "gnf",
-    "jpy",
-    "kmf",
-    "krw",
-    "mga",
-    "pyg",
-    "rwf",
-    "ugx",
-    "vnd",
-    "vuv",
-    "xaf",
-    "xof",
-    "xpf",
-}
-
-
-def money(amount: int | None, currency: str | None) -> str:
-    """``2999, "eur"`` → ``"29.99 EUR"`` (zero-decimal currencies as whole units)."""
-    if amount is None or not currency:
-        return ""
-    if currency.lower() in ZERO_DECIMAL:
-        return f"{amount:,} {currency.upper()}"
-    return f"{amount / 100:,.2f} {currency.upper()}"
-
-
-def safe_url(url: Any) -> str | None:
-    """Only http(s) links reach a page; ``javascript:`` and friends are dropped."""
-    if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
-        return url
-    return None
-
-
-TEMPLATES.globals.update(money=money, safe_url=safe_url)
 
 # What each state tells the customer.
 STATES: dict[str, tuple[str, str]] = {
@@ -109,10 +72,30 @@ STATES: dict[str, tuple[str, str]] = {
 }
 REFRESHING = {"fulfilling", "pending", "awaiting_payment"}
 
+# The badge of each state, in plain words, and its tone (ok, warn, bad, or neutral "").
+BADGES: dict[str, tuple[str, str]] = {
+    "fulfilled": ("Ready", "ok"),
+    "fulfilling": ("Preparing", "warn"),
+    "pending": ("Preparing", "warn"),
+    "awaiting_payment": ("Payment processing", "warn"),
+    "failed": ("Paid · delivery delayed", "warn"),
+    "payment_failed": ("Payment failed", "bad"),
+    "expired": ("Expired", "bad"),
+    "open": ("Not paid", ""),
+}
 
-def wants_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "application/json" in accept and "text/html" not in accept
+
+def item_badge(item_status: str, order_status: str) -> tuple[str, str]:
+    """An item's badge: delivered, or what its order is waiting for."""
+    if item_status == "done":
+        return ("Delivered", "ok")
+    if order_status in ("payment_failed", "expired", "open"):
+        return ("Not delivered", "")
+    if order_status == "awaiting_payment":
+        return ("Awaiting payment", "warn")
+    if item_status == "failed":
+        return ("Retrying", "warn")
+    return ("Preparing", "warn")
 
 
 def render_record(request: Request, record: FulfillmentRecord) -> Response:
@@ -123,22 +106,11 @@ def render_record(request: Request, record: FulfillmentRecord) -> Response:
         record=record,
         title=title,
         message=message,
+        badge=BADGES.get(record.status, BADGES["failed"]),
+        item_badge=item_badge,
         refresh=REFRESH_SECONDS if record.status in REFRESHING else None,
     )
     return HTMLResponse(html, headers=PRIVATE_HEADERS)
-
-
-def render_problem(request: Request, status: int, code: str, title: str, message: str) -> Response:
-    if wants_json(request):
-        return JSONResponse(
-            {"error": {"code": code, "message": message}},
-            status_code=status,
-            headers=PRIVATE_HEADERS,
-        )
-    html = TEMPLATES.get_template("problem.html").render(
-        title=title, message=message, status=status
-    )
-    return HTMLResponse(html, status_code=status, headers=PRIVATE_HEADERS)
 
 
 class LandingPage:

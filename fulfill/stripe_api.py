@@ -9,6 +9,8 @@ Concurrent calls for the same session in one process share one retrieve.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import stripe
@@ -18,6 +20,9 @@ from fulfill.records import SessionSnapshot
 
 EXPAND = ["line_items", "line_items.data.price.product"]
 PAGE = 100
+# prices.list takes at most 10 lookup_keys per call
+# (https://docs.stripe.com/api/prices/list#list_prices-lookup_keys).
+LOOKUP_KEYS_PER_CALL = 10
 
 
 class StripeApiError(FulfillError):
@@ -40,8 +45,58 @@ class RateLimited(StripeApiError):
         self.retry_after = retry_after
 
 
+class CheckoutRefused(FulfillError):
+    """Stripe refused to create a Checkout Session (an inactive price, a bad parameter)."""
+
+    status_code = 400
+    code = "checkout_refused"
+
+
+@dataclass(frozen=True)
+class PriceInfo:
+    """A price as the storefront shows it and the catalog matches it."""
+
+    price_id: str
+    product_id: str
+    product_name: str
+    product_description: str | None
+    unit_amount: int | None
+    currency: str
+    lookup_key: str | None
+    active: bool
+    one_time: bool
+    price_metadata: dict[str, str] = field(default_factory=dict)
+    product_metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_stripe(cls, price: dict[str, Any]) -> PriceInfo:
+        """From a price with ``product`` expanded."""
+        product = price.get("product") or {}
+        if not isinstance(product, dict):
+            product = {"id": product}
+        return cls(
+            price_id=str(price["id"]),
+            product_id=str(product.get("id") or ""),
+            product_name=str(product.get("name") or ""),
+            product_description=product.get("description"),
+            unit_amount=price.get("unit_amount"),
+            currency=str(price.get("currency") or ""),
+            lookup_key=price.get("lookup_key"),
+            active=bool(price.get("active")) and bool(product.get("active", True)),
+            one_time=price.get("type", "one_time") == "one_time",
+            price_metadata={str(k): str(v) for k, v in (price.get("metadata") or {}).items()},
+            product_metadata={str(k): str(v) for k, v in (product.get("metadata") or {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    session_id: str
+    url: str | None
+
+
 class StripeApi:
-    """Retrieves Checkout Sessions with all their line items."""
+    """Retrieves Checkout Sessions with all their line items; creates them for the storefront."""
 
     def __init__(
         self, secret_key: str, api_base: str, *, max_network_retries: int = 2, timeout: float = 30
@@ -114,6 +169,88 @@ class StripeApi:
                 f"Stripe is unavailable ({type(exc).__name__}, status {exc.http_status})"
             ) from None
         return SessionSnapshot.from_stripe(body, items)
+
+    async def prices(self, price_ids: Sequence[str], lookup_keys: Sequence[str]) -> list[PriceInfo]:
+        """The given prices and the prices of the given lookup keys, products expanded.
+
+        A price ID that does not exist is left out (the storefront does not
+        offer it, and a session for it would be refused anyway); any other
+        failure raises.
+        """
+
+        async def one(price_id: str) -> PriceInfo | None:
+            try:
+                price = await self.client.v1.prices.retrieve_async(
+                    price_id, {"expand": ["product"]}
+                )
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status == 404:
+                    return None
+                raise _api_error(exc) from None
+            except stripe.StripeError as exc:
+                raise _api_error(exc) from None
+            return PriceInfo.from_stripe(price.to_dict())
+
+        async def by_keys(keys: list[str]) -> list[PriceInfo]:
+            try:
+                page = await self.client.v1.prices.list_async(
+                    {"lookup_keys": keys, "active": True, "expand": ["data.product"]}
+                )
+            except stripe.StripeError as exc:
+                raise _api_error(exc) from None
+            return [PriceInfo.from_stripe(price.to_dict()) for price in page.data]
+
+        keys = list(dict.fromkeys(lookup_keys))
+        chunks = [
+            keys[i : i + LOOKUP_KEYS_PER_CALL] for i in range(0, len(keys), LOOKUP_KEYS_PER_CALL)
+        ]
+        found = await asyncio.gather(
+            *(one(pid) for pid in dict.fromkeys(price_ids)), *(by_keys(c) for c in chunks)
+        )
+        prices: dict[str, PriceInfo] = {}
+        for result in found:
+            for info in result if isinstance(result, list) else [result]:
+                if info is not None:
+                    prices.setdefault(info.price_id, info)
+        return list(prices.values())
+
+    async def create_session(
+        self,
+        line_items: Sequence[tuple[str, int]],
+        *,
+        success_url: str,
+        cancel_url: str,
+        shipping_countries: Sequence[str] = (),
+    ) -> CreatedSession:
+        """A hosted Checkout Session in payment mode for ``(price, quantity)`` pairs."""
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {"price": price, "quantity": quantity} for price, quantity in line_items
+            ],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        if shipping_countries:
+            params["shipping_address_collection"] = {"allowed_countries": list(shipping_countries)}
+        try:
+            session = await self.client.v1.checkout.sessions.create_async(params)  # type: ignore[arg-type]
+        except stripe.InvalidRequestError as exc:
+            raise CheckoutRefused(
+                f"Stripe refused the checkout: {exc.user_message or 'invalid request'}"
+            ) from None
+        except stripe.StripeError as exc:
+            raise _api_error(exc) from None
+        return CreatedSession(session_id=str(session.id), url=session.url)
+
+
+def _api_error(exc: stripe.StripeError) -> StripeApiError:
+    """The ``FulfillError`` for a failed call other than a missing session."""
+    if isinstance(exc, stripe.RateLimitError):
+        return RateLimited("Stripe rate limit reached", _retry_after(exc))
+    if isinstance(exc, stripe.AuthenticationError):
+        return StripeApiError("Stripe refused the API key (STRIPE_SECRET_KEY)")
+    return StripeApiError(f"Stripe is unavailable ({type(exc).__name__}, status {exc.http_status})")
 
 
 def _retry_after(exc: stripe.StripeError) -> float | None:

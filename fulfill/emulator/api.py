@@ -221,18 +221,31 @@ async def create_price(request: Request, params: p.Params) -> Obj:
 
 @stripe_route("/v1/prices", ["GET"])
 async def list_prices(request: Request, params: p.Params) -> Obj:
-    p.check_keys(params, (*PAGINATION, "active", "created", "product", "lookup_keys", "currency"))
+    p.check_keys(
+        params, (*PAGINATION, "active", "created", "product", "lookup_keys", "currency", "expand")
+    )
+    state = state_of(request)
     keep = created_filter(params)
     product = p.get_str(params, "product")
+    active = p.get_bool(params, "active")
     lookup_keys = [str(k) for k in p.get_list(params, "lookup_keys")]
+    expand_product = "data.product" in expansions(params, ("data.product",))
     items = [
         o
-        for o in newest_first(state_of(request).prices.values())
+        for o in newest_first(state.prices.values())
         if keep(o)
         and (product is None or o["product"] == product)
+        and (active is None or o["active"] == active)
         and (not lookup_keys or o["lookup_key"] in lookup_keys)
     ]
-    return paginate(items, params, "/v1/prices")
+
+    def render(price: Obj) -> Obj:
+        body = _public(price)
+        if expand_product:
+            body["product"] = _public(state.products[price["product"]])
+        return body
+
+    return paginate(items, params, "/v1/prices", render=render)
 
 
 @stripe_route("/v1/prices/{id}", ["GET"])

@@ -1,0 +1,120 @@
+"""What every HTML page of the service shares: templates, money, safe links, error pages.
+
+The landing page and the storefront render through ``TEMPLATES``, whose
+autoescape covers every ``.html`` template: product names, descriptions and
+results come from Stripe, the catalog or a merchant's webhook, and are text,
+never markup. Links go through ``safe_url`` so that only http(s) reaches an
+``href``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from fulfill.errors import FulfillError
+
+# A page about an order is the customer's key to it (SPEC §10.5).
+PRIVATE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+# https://docs.stripe.com/currencies#zero-decimal
+ZERO_DECIMAL = {
+    "bif",
+    "clp",
+    "djf",
+    "gnf",
+    "jpy",
+    "kmf",
+    "krw",
+    "mga",
+    "pyg",
+    "rwf",
+    "ugx",
+    "vnd",
+    "vuv",
+    "xaf",
+    "xof",
+    "xpf",
+}
+
+
+def money(amount: int | None, currency: str | None) -> str:
+    """``2999, "eur"`` → ``"29.99 EUR"`` (zero-decimal currencies as whole units)."""
+    if amount is None or not currency:
+        return ""
+    if currency.lower() in ZERO_DECIMAL:
+        return f"{amount:,} {currency.upper()}"
+    return f"{amount / 100:,.2f} {currency.upper()}"
+
+
+def safe_url(url: Any) -> str | None:
+    """Only http(s) links reach a page; ``javascript:`` and friends are dropped."""
+    if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
+        return url
+    return None
+
+
+TEMPLATES.globals.update(money=money, safe_url=safe_url)
+
+
+def wants_json(request: Request) -> bool:
+    """A client that asks for JSON, or sends it, gets JSON answers and errors."""
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept and "text/html" not in accept:
+        return True
+    content_type = request.headers.get("content-type", "")
+    return content_type.split(";")[0].strip().lower() == "application/json" and (
+        "text/html" not in accept
+    )
+
+
+def render_problem(
+    request: Request,
+    status: int,
+    code: str,
+    title: str,
+    message: str,
+    *,
+    back: tuple[str, str] | None = None,
+) -> Response:
+    """An error as ``{"error": {"code", "message"}}`` or as a readable page; never a trace.
+
+    ``back`` is a ``(label, path)`` link on the page, e.g. to the storefront.
+    """
+    if wants_json(request):
+        return JSONResponse(
+            {"error": {"code": code, "message": message}},
+            status_code=status,
+            headers=PRIVATE_HEADERS,
+        )
+    html = TEMPLATES.get_template("problem.html").render(
+        title=title, message=message, status=status, back=back
+    )
+    return HTMLResponse(html, status_code=status, headers=PRIVATE_HEADERS)
+
+
+def render_error(request: Request, exc: FulfillError) -> Response:
+    """The one rendering of a ``FulfillError`` that reaches HTTP: its status and code.
+
+    Server-side failures (5xx) tell the customer what to do, not what broke;
+    the details are for the logs.
+    """
+    status = exc.status_code
+    if status >= 500:
+        title = "We could not do that just now"
+        message = "Nothing was charged. Please try again in a minute."
+    else:
+        title = getattr(exc, "title", "That did not work")
+        message = exc.message
+    return render_problem(
+        request, status, exc.code, title, message, back=("Back to the shop", "/shop")
+    )
