@@ -12,8 +12,9 @@ apply them once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -21,7 +22,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -107,6 +111,19 @@ async def migrate(engine: AsyncEngine) -> None:
 async def migrations_pending(engine: AsyncEngine) -> bool:
     async with engine.connect() as connection:
         return await connection.run_sync(_pending)
+
+
+async def write(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction, retrying briefly if SQLite stays locked."""
+    for attempt in range(5):
+        try:
+            async with engine.begin() as connection:
+                return await work(connection)
+        except OperationalError as exc:
+            if "locked" not in str(exc).lower() or attempt == 4:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:

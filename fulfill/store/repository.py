@@ -9,7 +9,6 @@ statement's row count, never by a read followed by a write.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -17,7 +16,6 @@ from typing import Any, TypeVar
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fulfill.records import (
@@ -33,6 +31,7 @@ from fulfill.records import (
     SessionSnapshot,
 )
 from fulfill.store import database
+from fulfill.store.deliverables import Deliverables
 from fulfill.store.schema import (
     fulfillment_items,
     fulfillment_triggers,
@@ -51,6 +50,8 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._insert = sqlite_insert if database.is_sqlite(engine) else pg_insert
+        # What the built-in actions deliver: their own queries, same database.
+        self.deliverables = Deliverables(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, pool_size: int = 10) -> Store:
@@ -78,15 +79,7 @@ class Store:
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in one transaction, retrying briefly if SQLite stays locked."""
-        for attempt in range(5):
-            try:
-                async with self.engine.begin() as connection:
-                    return await work(connection)
-            except OperationalError as exc:
-                if "locked" not in str(exc).lower() or attempt == 4:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return await database.write(self.engine, work)
 
     # -- reads ------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -91,4 +92,82 @@ webhook_events = Table(
     Column("outcome", String(32), nullable=False),
     Column("processed_at", DateTime),
     Index("ix_webhook_events_outcome", "outcome", "received_at"),
+)
+
+# -- what the built-in actions deliver (migration 0002) ---------------------------
+#
+# Each table is unique per line item (``session_id``, ``line_item_id``, plus the
+# file or unit where an item delivers several): that constraint is the
+# action's idempotency record, so performing an item again after a crash
+# finds what the first attempt wrote instead of delivering twice.
+
+download_grants = Table(
+    "download_grants",
+    metadata,
+    Column("session_id", String(255), primary_key=True),
+    Column("line_item_id", String(255), primary_key=True),
+    Column("file_name", String(255), primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("label", Text),
+    Column("expires_at", DateTime, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+access_grants = Table(
+    "access_grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(255), nullable=False),
+    Column("line_item_id", String(255), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("customer_name", Text),
+    Column("service", String(255), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("product_id", String(255)),
+    Column("price_id", String(255)),
+    Column("quantity", Integer, nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("starts_at", DateTime, nullable=False),
+    Column("ends_at", DateTime),  # NULL: lifetime
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("session_id", "line_item_id", name="uq_access_grants_item"),
+    Index("ix_access_grants_email_service", "email", "service"),
+)
+
+license_keys = Table(
+    "license_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(255), nullable=False),
+    Column("session_id", String(255), nullable=False),
+    Column("line_item_id", String(255), nullable=False),
+    Column("unit", Integer, nullable=False),
+    Column("product", Text),
+    Column("email", String(320)),
+    Column("livemode", Boolean, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("key", name="uq_license_keys_key"),
+    UniqueConstraint("session_id", "line_item_id", "unit", name="uq_license_keys_item_unit"),
+)
+
+shipments = Table(
+    "shipments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(255), nullable=False),
+    Column("line_item_id", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("email", String(320)),
+    Column("name", Text),
+    Column("phone", String(64)),
+    Column("address", JSON, nullable=False),
+    Column("description", Text),
+    Column("product_id", String(255)),
+    Column("price_id", String(255)),
+    Column("quantity", Integer, nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    UniqueConstraint("session_id", "line_item_id", name="uq_shipments_item"),
+    Index("ix_shipments_status_created", "status", "created_at"),
 )
