@@ -82,12 +82,22 @@ def emulator(
 
 
 @main.command()
-@click.option("--port", default=12111, show_default=True, type=int, help="Port of the emulator.")
-def demo(port: int) -> None:
-    """Everything offline with no account: the Stripe emulator with sample products."""
-    from fulfill.emulator.server import serve_demo
+@click.option(
+    "--port",
+    default=None,
+    type=int,
+    help="Port of the shop and the service [default: 8000; headless: any free port].",
+)
+@click.option(
+    "--headless",
+    is_flag=True,
+    help="Play the scripted purchases, print the records, exit 0 only if all is as expected.",
+)
+def demo(port: int | None, headless: bool) -> None:
+    """Everything offline with no account: the service, a sample shop and the Stripe emulator."""
+    from fulfill.demo import run_demo
 
-    serve_demo(port=port)
+    sys.exit(run_demo(port, headless=headless))
 
 
 def _settings(**overrides: Any) -> Any:

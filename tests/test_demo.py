@@ -1,0 +1,71 @@
+"""``fulfill demo``: the headless script passes, and the interactive demo serves a shop."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from fulfill.actions import FACTORIES
+from fulfill.demo.samples import SAMPLES
+from tests.servers import free_port
+
+DEMO = [sys.executable, "-m", "fulfill", "demo"]
+
+
+def test_headless_demo_buys_everything_and_exits_0(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*DEMO, "--headless"],
+        cwd=tmp_path,  # a fresh folder: nothing but the package is needed
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "performed exactly once" in done.stdout
+    for scenario in ("bank debit", "free", "25 line items", "webhook", "python"):
+        assert scenario in done.stdout
+    assert "✗" not in done.stdout
+
+
+def test_interactive_demo_serves_the_shop_until_interrupted(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*DEMO, "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while not any("Press Ctrl+C" in line for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            line = process.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}/shop" in output
+        shop = httpx.get(f"http://127.0.0.1:{port}/shop", timeout=30)
+        assert shop.status_code == 200
+        for_sale = [s for s in SAMPLES if s.action in FACTORIES]
+        assert shop.text.count('data-testid="product"') == len(for_sale)
+        folder = re.search(r"Data \(removed on exit\):\s+(\S+)", output)
+        assert folder is not None
+        assert Path(folder.group(1), "fulfill.db").exists()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert not Path(folder.group(1)).exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
