@@ -85,10 +85,11 @@ BADGES: dict[str, tuple[str, str]] = {
 }
 
 
-def item_badge(item_status: str, order_status: str) -> tuple[str, str]:
+def item_badge(item_status: str, order_status: str, action: str | None = None) -> tuple[str, str]:
     """An item's badge: delivered, or what its order is waiting for."""
     if item_status == "done":
-        return ("Delivered", "ok")
+        # A shipment is done when it is ordered, not when it arrives.
+        return ("Confirmed", "ok") if action == "shipment" else ("Delivered", "ok")
     if order_status in ("payment_failed", "expired", "open"):
         return ("Not delivered", "")
     if order_status == "awaiting_payment":
