@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fulfill.config import Settings, load_settings
+from fulfill.downloads import DownloadEndpoint
 from fulfill.errors import FulfillError
 from fulfill.landing import LandingPage
 from fulfill.pages import render_error
@@ -87,6 +88,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             livemode=settings.livemode,
         )
         app.state.landing = LandingPage(service.engine, settings.landing_wait)
+        app.state.downloads = DownloadEndpoint(service.store.deliverables, service.signing_key)
         app.state.storefront = Storefront(
             service.catalog,
             service.stripe,
@@ -137,6 +139,10 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             access_log.warning("%s %s: %s", request.method, request.url.path, exc.message)
         return render_error(request, exc)
 
+    async def download(request: Request) -> Response:
+        endpoint: DownloadEndpoint = request.app.state.downloads
+        return await endpoint(request)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -152,6 +158,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         routes=[
             Route("/webhooks/stripe", webhook, methods=["POST"]),
             Route("/checkout/complete", landing, methods=["GET"]),
+            Route("/downloads/{token}", download, methods=["GET"]),
             Route("/checkout/sessions", checkout, methods=["POST"]),
             Route("/shop", shop, methods=["GET"]),
             Route("/", home, methods=["GET"]),

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
 from fulfill.errors import FulfillError
+from fulfill.store.deliverables import SHIPMENT_STATUSES, Deliverables, Shipment
+
+T = TypeVar("T")
 
 err = Console(stderr=True)
 
@@ -210,3 +215,175 @@ def print_record(record: Any) -> None:
             item.status,
         )
     out.print(table)
+
+
+# -- what the built-in actions delivered -------------------------------------------------
+
+
+def _read_deliverables(read: Callable[[Deliverables], Awaitable[T]]) -> T:
+    """Run ``read`` against the configured database, which must be migrated already.
+
+    A listing never migrates: an operator's query must not change the schema
+    under running servers; ``fulfill migrate`` (or ``serve``) does that.
+    """
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fulfill.store import Store
+    from fulfill.store.database import migrations_pending
+
+    settings = _settings()
+
+    async def go() -> T:
+        store = await Store.open(settings.database_url, migrate=False, pool_size=1)
+        try:
+            if await migrations_pending(store.engine):
+                raise FulfillError(
+                    "the database is not up to date (or empty): run `fulfill migrate` first"
+                )
+            return await read(store.deliverables)
+        except SQLAlchemyError as exc:
+            raise FulfillError(f"cannot read the database: {type(exc).__name__}") from exc
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else ""
+
+
+@main.group()
+def access() -> None:
+    """Access grants made by the access action: which email may use which service, until when."""
+
+
+@access.command("list")
+@click.option("--email", default=None, help="Only this customer's grants (any letter case).")
+@click.option("--json", "as_json", is_flag=True, help="Print the grants as JSON.")
+def access_list(email: str | None, as_json: bool) -> None:
+    """Access grants, newest first."""
+    import json
+
+    from rich.table import Table
+
+    from fulfill.actions.base import utcnow
+
+    grants = _read_deliverables(lambda d: d.access_grants(email=email))
+    if as_json:
+        click.echo(json.dumps([grant.as_json() for grant in grants], indent=2))
+        return
+    now = utcnow()
+    table = Table("id", "email", "service", "from", "until", "active", "session")
+    for grant in grants:
+        table.add_row(
+            str(grant.id),
+            grant.email,
+            grant.service,
+            _when(grant.starts_at),
+            "lifetime" if grant.ends_at is None else _when(grant.ends_at),
+            "yes" if grant.active(now) else ("not yet" if grant.starts_at > now else "ended"),
+            grant.session_id,
+        )
+    out = Console()
+    out.print(table)
+    out.print(f"{len(grants)} grant{'' if len(grants) == 1 else 's'}", highlight=False)
+
+
+SHIPMENT_CSV_COLUMNS = (
+    "id",
+    "status",
+    "created_at",
+    "session_id",
+    "line_item_id",
+    "description",
+    "product_id",
+    "price_id",
+    "quantity",
+    "name",
+    "email",
+    "phone",
+    "line1",
+    "line2",
+    "postal_code",
+    "city",
+    "state",
+    "country",
+)
+# Only digits, spaces and + - ( ) . : a phone number, which no spreadsheet
+# can turn into a function call.
+_HARMLESS = frozenset("0123456789 +-().")
+
+
+def spreadsheet_safe(value: object) -> str:
+    """A CSV cell that a spreadsheet shows as text, never runs as a formula.
+
+    Addresses are typed by customers; a name like ``=HYPERLINK(…)`` must not
+    become a live formula on the warehouse's computer (OWASP "CSV injection"):
+    such a cell gets a leading ``'``.
+    """
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not set(text) <= _HARMLESS:
+        return "'" + text
+    return text
+
+
+def shipment_row(shipment: Shipment) -> list[str]:
+    address = shipment.address
+    values: dict[str, object] = {
+        **shipment.as_json(),
+        **{key: address.get(key) for key in ("line1", "line2", "postal_code", "city")},
+        "state": address.get("state"),
+        "country": address.get("country"),
+    }
+    return [spreadsheet_safe(values.get(column)) for column in SHIPMENT_CSV_COLUMNS]
+
+
+@main.command()
+@click.option(
+    "--status",
+    type=click.Choice(SHIPMENT_STATUSES),
+    default=None,
+    help="Only shipments in this status.",
+)
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (one row per shipment).")
+@click.option("--json", "as_json", is_flag=True, help="Print the shipments as JSON.")
+def shipments(status: str | None, as_csv: bool, as_json: bool) -> None:
+    """Shipments for the warehouse, oldest first."""
+    import csv
+    import io
+    import json
+
+    from rich.table import Table
+
+    from fulfill.actions.shipment import one_line
+
+    if as_csv and as_json:
+        raise click.UsageError("choose one of --csv and --json")
+    found = _read_deliverables(lambda d: d.shipments(status=status))
+    if as_json:
+        click.echo(json.dumps([shipment.as_json() for shipment in found], indent=2))
+        return
+    if as_csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(SHIPMENT_CSV_COLUMNS)
+        writer.writerows(shipment_row(shipment) for shipment in found)
+        click.echo(buffer.getvalue(), nl=False)
+        return
+    table = Table("id", "status", "created", "item", "qty", "ship to", "session")
+    for shipment in found:
+        table.add_row(
+            str(shipment.id),
+            shipment.status,
+            _when(shipment.created_at),
+            shipment.description or shipment.product_id or "",
+            str(shipment.quantity),
+            ", ".join(p for p in (shipment.name, one_line(shipment.address)) if p),
+            shipment.session_id,
+        )
+    out = Console()
+    out.print(table)
+    out.print(f"{len(found)} shipment{'' if len(found) == 1 else 's'}", highlight=False)

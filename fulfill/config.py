@@ -18,6 +18,7 @@ from fulfill.errors import ConfigError
 
 SECRET_KEY_RE = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]+$")
 WEBHOOK_SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=_-]+$")
+MIN_SIGNING_KEY = 32
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 DEFAULT_SHIPPING_COUNTRIES = (
     "AT,AU,BE,BG,CA,CH,CY,CZ,DE,DK,EE,ES,FI,FR,GB,GR,HR,HU,IE,IS,IT,JP,LI,LT,LU,LV,MT,NL,NO,"
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     catalog_path: Path = Field(default=Path("./catalog.toml"), alias="FULFILL_CATALOG")
     public_url: str = Field(default="http://127.0.0.1:8000", alias="FULFILL_PUBLIC_URL")
     admin_token: SecretStr | None = Field(default=None, alias="FULFILL_ADMIN_TOKEN")
+    # Signs download links; unset, a key is derived from STRIPE_SECRET_KEY, so
+    # every instance agrees without more configuration (see ``download_key_secret``).
+    signing_key: SecretStr | None = Field(default=None, alias="FULFILL_SIGNING_KEY")
     webhook_tolerance: int = Field(default=300, alias="FULFILL_WEBHOOK_TOLERANCE", ge=1)
     inline_budget: float = Field(default=5.0, alias="FULFILL_INLINE_BUDGET", ge=0)
     landing_wait: float = Field(default=8.0, alias="FULFILL_LANDING_WAIT", ge=0)
@@ -63,6 +67,16 @@ class Settings(BaseSettings):
         if value is not None and not SECRET_KEY_RE.match(value.get_secret_value()):
             # Never echo the value: it is a secret even when malformed.
             raise ValueError("must look like sk_test_…, sk_live_… or rk_…")
+        return value
+
+    @field_validator("signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_SIGNING_KEY:
+            raise ValueError(
+                f"must be at least {MIN_SIGNING_KEY} characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         return value
 
     @field_validator("stripe_webhook_secret")
@@ -115,6 +129,19 @@ class Settings(BaseSettings):
         if self.stripe_secret_key is None:
             return None
         return "_live_" in self.stripe_secret_key.get_secret_value()
+
+    @property
+    def download_key_secret(self) -> str | None:
+        """The secret download links are signed with: FULFILL_SIGNING_KEY, else the Stripe key.
+
+        Changing it (or, without FULFILL_SIGNING_KEY, rolling the Stripe key)
+        invalidates every download link handed out before.
+        """
+        if self.signing_key is not None:
+            return self.signing_key.get_secret_value().strip()
+        if self.stripe_secret_key is not None:
+            return self.stripe_secret_key.get_secret_value()
+        return None
 
     def require_stripe(self) -> None:
         """Stop with a clear line when the settings ``serve`` needs are absent."""

@@ -6,16 +6,17 @@ same ``Service``; it owns what it opens and closes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
-from fulfill.actions import Action, build_action
+from fulfill.actions import Action, ActionDeps, build_action, download
 from fulfill.catalog import Catalog, load_catalog
 from fulfill.config import Settings
 from fulfill.engine import Engine, EngineOptions
 from fulfill.errors import ConfigError
 from fulfill.store import Store
+from fulfill.store.database import migrate as migrate_database
 from fulfill.stripe_api import StripeApi
 
 
@@ -27,6 +28,7 @@ class Service:
     catalog: Catalog
     http: httpx.AsyncClient
     engine: Engine
+    signing_key: bytes = field(default=b"", repr=False)  # of download links; never log it
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Service:
@@ -36,17 +38,28 @@ class Service:
                 "STRIPE_SECRET_KEY is required: set it to your sk_test_… or sk_live_… key"
             )
         catalog = load_catalog(settings.catalog_path)
+        secret = settings.download_key_secret
+        assert secret is not None  # the Stripe key is set (checked above)
+        signing_key = download.signing_key(secret)
         http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
+        # Opening the store does no I/O yet: the actions are built (and a
+        # broken catalog entry stops the start) before the database is touched.
+        store = await Store.open(
+            settings.database_url, migrate=False, pool_size=settings.db_pool_size
+        )
         try:
+            deps = ActionDeps(
+                http=http, store=store, public_url=settings.public_url, signing_key=signing_key
+            )
             actions: dict[int, Action] = {
-                entry.index: build_action(entry, http=http) for entry in catalog.entries
+                entry.index: build_action(entry, deps) for entry in catalog.entries
             }
+            if migrate:
+                await migrate_database(store.engine)
         except BaseException:
             await http.aclose()
+            await store.close()
             raise
-        store = await Store.open(
-            settings.database_url, migrate=migrate, pool_size=settings.db_pool_size
-        )
         stripe = StripeApi(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
         engine = Engine(
             store=store,
@@ -60,7 +73,7 @@ class Service:
                 retry_base_seconds=settings.retry_base,
             ),
         )
-        return cls(settings, store, stripe, catalog, http, engine)
+        return cls(settings, store, stripe, catalog, http, engine, signing_key)
 
     async def close(self) -> None:
         await self.engine.drain(timeout=5)

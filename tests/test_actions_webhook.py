@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from fulfill.actions import build_action
+from fulfill.actions import ActionDeps, build_action
 from fulfill.actions.base import ActionError
 from fulfill.actions.webhook import WebhookAction, payload, sanitize_result, sign
 from fulfill.catalog import CatalogEntry, ProductMatch
@@ -334,7 +334,7 @@ async def test_build_action_makes_a_webhook_from_its_entry(
 ) -> None:
     options = {"url": receiver.url, "secret": SECRET, "timeout": 10}
     entry = CatalogEntry(5, "Hook", ProductMatch(price="price_h"), "webhook", options)
-    built = build_action(entry, http=http)
+    built = build_action(entry, ActionDeps(http=http))
     assert built.name == "webhook"
     assert await built.perform(make_item()) == {"message": "Delivered by the test receiver"}
     assert len(receiver.wait_for(1)) == 1

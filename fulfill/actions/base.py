@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fulfill.errors import FulfillError
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as the store keeps times (the engine's clock too)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class ActionError(FulfillError):
