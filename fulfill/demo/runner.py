@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,9 +157,7 @@ def interactive(port: int) -> int:
         stop = threading.Event()
         # Ctrl+C, or a TERM from a process manager: stop the servers, remove the folder.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
         out.print("\nStopping the demo.")
     return 0
