@@ -44,7 +44,7 @@ def test_interactive_demo_serves_the_shop_until_interrupted(tmp_path: Path) -> N
     )
     try:
         assert process.stdout is not None
-        lines = []
+        lines: list[str] = []
         deadline = time.monotonic() + 60
         while not any("Press Ctrl+C" in line for line in lines):
             assert time.monotonic() < deadline, "".join(lines)
