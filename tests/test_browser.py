@@ -165,3 +165,22 @@ def test_error_pages_are_pages(browser: Browser, shop: Shop) -> None:
     browser.get(f"{shop.service.url}/shop?cancelled=1")
     assert "nothing was charged" in browser.find("[data-testid=cancelled]").text
     browser.screenshot("8-shop-cancelled")
+
+
+def test_keyboard_users_skip_to_content_and_see_where_they_are(
+    browser: Browser, shop: Shop
+) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{shop.service.url}/shop")
+    browser.find("body").send_keys(Keys.TAB)
+    skip = browser.driver.switch_to.active_element
+    assert skip.text == "Skip to content"
+    assert skip.location["x"] >= 0  # on screen once focused
+    for _ in range(3):  # the brand link, the first quantity, its Buy button
+        browser.driver.switch_to.active_element.send_keys(Keys.TAB)
+    buy = browser.driver.switch_to.active_element
+    assert buy.get_attribute("data-testid") == "buy"
+    assert buy.value_of_css_property("outline-style") == "solid"
+    assert buy.value_of_css_property("outline-width") == "3px"
+    browser.screenshot("9-shop-keyboard-focus")
