@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -377,3 +378,26 @@ def test_a_short_signing_key_stops_the_start() -> None:
     settings = load_settings(env_file=None, STRIPE_SECRET_KEY=TEST_KEY)
     assert settings.download_key_secret == TEST_KEY
     assert "short" not in repr(load_settings(env_file=None, FULFILL_SIGNING_KEY="s" * 40))
+
+
+def test_the_access_log_cuts_download_tokens_short(
+    service_factory: ServiceFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = service_factory(download_catalog(tmp_path))
+    _, items = bought(service, EBOOK)
+    path = path_of(items[0]["result"]["links"][0]["url"])
+    token = path.removeprefix("/downloads/")
+    with caplog.at_level(logging.INFO, logger="fulfill.access"):
+        assert service.client.get(path).status_code == 200
+        assert service.client.get(path + "x").status_code == 403
+        # The server logs a request once it has sent the answer, in its own thread.
+        deadline = time.monotonic() + 5
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            lines = [r.getMessage() for r in caplog.records if r.name == "fulfill.access"]
+            if sum("/downloads/" in line for line in lines) == 2:
+                break
+            time.sleep(0.05)
+    assert any('"GET /downloads/…" 200' in line for line in lines), lines
+    assert any('"GET /downloads/…" 403' in line for line in lines), lines
+    assert not any(token[:20] in line for line in lines)

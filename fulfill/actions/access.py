@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from fulfill.actions.base import ActionError, ItemContext, utcnow
+from fulfill.records import iso
 from fulfill.store.deliverables import AccessGrant, Deliverables
 
 
@@ -84,8 +85,8 @@ class AccessAction:
                 "service": grant.service,
                 "url": grant.url,
                 "email": grant.email,
-                "starts_at": grant.as_json()["starts_at"],
-                "ends_at": grant.as_json()["ends_at"],
+                "starts_at": iso(grant.starts_at),
+                "ends_at": iso(grant.ends_at),
                 "lifetime": grant.lifetime,
             },
         }
