@@ -1,4 +1,4 @@
-"""Running the emulator under uvicorn, alone or with the demo's sample data."""
+"""Running the emulator alone under uvicorn: ``fulfill emulator``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import uvicorn
 from rich.console import Console
 
 from fulfill.emulator.app import Emulator, create_app
-from fulfill.emulator.state import State
 
 console = Console()
 
@@ -49,36 +48,3 @@ def serve_emulator(*, host: str, port: int, **options: object) -> None:
 def run(emulator: Emulator, host: str, port: int) -> None:
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     uvicorn.run(create_app(emulator), host=host, port=port, log_level="warning")
-
-
-def seed_samples(state: State) -> dict[str, str]:
-    """A few sample products and prices; returns price IDs by name."""
-    ebook = state.create_product("The Python Handbook (e-book)", product_id="prod_ebook")
-    course = state.create_product("Course access (1 year)", product_id="prod_course")
-    tshirt = state.create_product("T-shirt", product_id="prod_tshirt")
-    return {
-        "ebook": state.create_price(currency="eur", unit_amount=1900, product=ebook["id"])["id"],
-        "course": state.create_price(
-            currency="eur", unit_amount=9900, product=course["id"], lookup_key="course_year"
-        )["id"],
-        "tshirt": state.create_price(currency="eur", unit_amount=2500, product=tshirt["id"])["id"],
-    }
-
-
-def serve_demo(*, port: int) -> None:
-    emulator = build(auto_settle=10.0)
-    prices = seed_samples(emulator.state)
-    base = f"http://127.0.0.1:{port}"
-    console.print(f"[bold]fulfill demo[/bold]: the Stripe emulator is running on {base}")
-    console.print("Sample prices: " + ", ".join(f"{name}={pid}" for name, pid in prices.items()))
-    console.print(
-        "Create a Checkout Session and open its url to pay on the hosted page:\n"
-        f"  curl -s {base}/v1/checkout/sessions -u sk_test_demo: \\\n"
-        f"    -d mode=payment -d 'line_items[0][price]={prices['ebook']}' "
-        "-d 'line_items[0][quantity]=1' \\\n"
-        f"    -d 'success_url=http://127.0.0.1:{port}/?session_id={{CHECKOUT_SESSION_ID}}'\n"
-        "Point the official stripe library at it with "
-        f"StripeClient('sk_test_…', base_addresses={{'api': '{base}'}}).\n"
-        "Press Ctrl+C to stop."
-    )
-    run(emulator, "127.0.0.1", port)
