@@ -13,14 +13,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fulfill.admin import create_admin_app
 from fulfill.config import Settings, load_settings
 from fulfill.downloads import DownloadEndpoint
 from fulfill.errors import FulfillError
 from fulfill.landing import LandingPage
 from fulfill.pages import render_error
+from fulfill.reconcile import Schedule, parse_since
 from fulfill.service import Service
 from fulfill.storefront import Storefront
 from fulfill.webhooks import WebhookEndpoint
@@ -102,11 +104,22 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             event_grace=settings.inline_budget + 30,
         )
         app.state.worker = worker
-        task = asyncio.get_running_loop().create_task(worker.run()) if run_worker else None
+        tasks = []
+        if run_worker:
+            tasks.append(asyncio.get_running_loop().create_task(worker.run()))
+        if run_worker and settings.reconcile_interval > 0:
+            schedule = Schedule(
+                service.reconciler,
+                service.runs,
+                owner=service.engine.owner,
+                interval=settings.reconcile_interval * 60,
+                since=parse_since(settings.reconcile_since),
+            )
+            tasks.append(asyncio.get_running_loop().create_task(schedule.run()))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -143,6 +156,11 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         endpoint: DownloadEndpoint = request.app.state.downloads
         return await endpoint(request)
 
+    async def metrics(request: Request) -> Response:
+        service: Service = request.app.state.service
+        body, content_type = service.engine.metrics.render()
+        return Response(body, media_type=content_type)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -154,7 +172,11 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             status_code=200 if ready else 503,
         )
 
-    return Starlette(
+    admin = create_admin_app(
+        lambda: app.state.service,
+        settings.admin_token.get_secret_value() if settings.admin_token else None,
+    )
+    app = Starlette(
         routes=[
             Route("/webhooks/stripe", webhook, methods=["POST"]),
             Route("/checkout/complete", landing, methods=["GET"]),
@@ -164,11 +186,14 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             Route("/", home, methods=["GET"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Mount("/api", app=admin),
         ],
         middleware=[Middleware(AccessLog)],
         exception_handlers={FulfillError: fulfill_error},
         lifespan=lifespan,
     )
+    return app
 
 
 def create_app_from_env() -> Starlette:

@@ -11,7 +11,8 @@ import click
 from rich.console import Console
 
 from fulfill.errors import FulfillError
-from fulfill.store.deliverables import SHIPMENT_STATUSES, Deliverables, Shipment
+from fulfill.store import Store
+from fulfill.store.deliverables import SHIPMENT_STATUSES, Shipment
 
 T = TypeVar("T")
 
@@ -220,7 +221,7 @@ def print_record(record: Any) -> None:
 # -- what the built-in actions delivered -------------------------------------------------
 
 
-def _read_deliverables(read: Callable[[Deliverables], Awaitable[T]]) -> T:
+def read_store(read: Callable[[Store], Awaitable[T]]) -> T:
     """Run ``read`` against the configured database, which must be migrated already.
 
     A listing never migrates: an operator's query must not change the schema
@@ -230,7 +231,6 @@ def _read_deliverables(read: Callable[[Deliverables], Awaitable[T]]) -> T:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from fulfill.store import Store
     from fulfill.store.database import migrations_pending
 
     settings = _settings()
@@ -242,7 +242,7 @@ def _read_deliverables(read: Callable[[Deliverables], Awaitable[T]]) -> T:
                 raise FulfillError(
                     "the database is not up to date (or empty): run `fulfill migrate` first"
                 )
-            return await read(store.deliverables)
+            return await read(store)
         except SQLAlchemyError as exc:
             raise FulfillError(f"cannot read the database: {type(exc).__name__}") from exc
         finally:
@@ -271,7 +271,7 @@ def access_list(email: str | None, as_json: bool) -> None:
 
     from fulfill.actions.base import utcnow
 
-    grants = _read_deliverables(lambda d: d.access_grants(email=email))
+    grants = read_store(lambda store: store.deliverables.access_grants(email=email))
     if as_json:
         click.echo(json.dumps([grant.as_json() for grant in grants], indent=2))
         return
@@ -362,7 +362,7 @@ def shipments(status: str | None, as_csv: bool, as_json: bool) -> None:
 
     if as_csv and as_json:
         raise click.UsageError("choose one of --csv and --json")
-    found = _read_deliverables(lambda d: d.shipments(status=status))
+    found = read_store(lambda store: store.deliverables.shipments(status=status))
     if as_json:
         click.echo(json.dumps([shipment.as_json() for shipment in found], indent=2))
         return
@@ -387,3 +387,7 @@ def shipments(status: str | None, as_csv: bool, as_json: bool) -> None:
     out = Console()
     out.print(table)
     out.print(f"{len(found)} shipment{'' if len(found) == 1 else 's'}", highlight=False)
+
+
+# The operations commands (list, show, retry, reconcile, check) register themselves on ``main``.
+from fulfill import operations  # noqa: E402, F401

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     retry_base: float = Field(default=10.0, alias="FULFILL_RETRY_BASE", gt=0)
     worker_interval: float = Field(default=2.0, alias="FULFILL_WORKER_INTERVAL", gt=0)
     db_pool_size: int = Field(default=10, alias="FULFILL_DB_POOL_SIZE", ge=1, le=200)
+    # Reconcile: API calls per second (Stripe allows 25/s in test mode, 100/s
+    # live), and the sweep serve runs every N minutes (0: never) over a window.
+    reconcile_rate: float = Field(default=10.0, alias="FULFILL_RECONCILE_RATE", gt=0, le=100)
+    reconcile_interval: float = Field(default=15.0, alias="FULFILL_RECONCILE_INTERVAL", ge=0)
+    reconcile_since: str = Field(default="72h", alias="FULFILL_RECONCILE_SINCE")
     # Where POST /checkout/sessions lets Checkout ship physical goods (ISO 3166-1 alpha-2).
     shipping_countries: str = Field(
         default=DEFAULT_SHIPPING_COUNTRIES, alias="FULFILL_SHIPPING_COUNTRIES"
@@ -96,6 +101,15 @@ class Settings(BaseSettings):
         if not codes or any(not COUNTRY_RE.match(c) for c in codes):
             raise ValueError("must be two-letter country codes, comma-separated, like DE,FR,US")
         return ",".join(codes)
+
+    @field_validator("reconcile_since")
+    @classmethod
+    def _check_since(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9]+[mhd]", value.strip()):
+            raise ValueError(
+                f'must be a number and a unit, like "72h", "30m" or "7d"; got {value!r}'
+            )
+        return value.strip()
 
     @field_validator("stripe_api_base", "public_url")
     @classmethod

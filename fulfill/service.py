@@ -15,8 +15,11 @@ from fulfill.catalog import Catalog, load_catalog
 from fulfill.config import Settings
 from fulfill.engine import Engine, EngineOptions
 from fulfill.errors import ConfigError
+from fulfill.metrics import Metrics
+from fulfill.reconcile import Reconciler
 from fulfill.store import Store
 from fulfill.store.database import migrate as migrate_database
+from fulfill.store.runs import Runs
 from fulfill.stripe_api import StripeApi
 
 
@@ -29,6 +32,8 @@ class Service:
     http: httpx.AsyncClient
     engine: Engine
     signing_key: bytes = field(default=b"", repr=False)  # of download links; never log it
+    runs: Runs = field(init=False)
+    reconciler: Reconciler = field(init=False)
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Service:
@@ -60,8 +65,14 @@ class Service:
             await http.aclose()
             await store.close()
             raise
-        stripe = StripeApi(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
+        metrics = Metrics()
+        stripe = StripeApi(
+            settings.stripe_secret_key.get_secret_value(),
+            settings.stripe_api_base,
+            metrics=metrics,
+        )
         engine = Engine(
+            metrics=metrics,
             store=store,
             stripe=stripe,
             catalog=catalog,
@@ -73,7 +84,10 @@ class Service:
                 retry_base_seconds=settings.retry_base,
             ),
         )
-        return cls(settings, store, stripe, catalog, http, engine, signing_key)
+        service = cls(settings, store, stripe, catalog, http, engine, signing_key)
+        service.runs = Runs(store)
+        service.reconciler = Reconciler(engine, stripe, service.runs, rate=settings.reconcile_rate)
+        return service
 
     async def close(self) -> None:
         await self.engine.drain(timeout=5)

@@ -9,13 +9,18 @@ Concurrent calls for the same session in one process share one retrieve.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
 
+from fulfill.catalog import Catalog
 from fulfill.errors import FulfillError
+from fulfill.metrics import Metrics
 from fulfill.records import SessionSnapshot
 
 EXPAND = ["line_items", "line_items.data.price.product"]
@@ -95,13 +100,58 @@ class CreatedSession:
     url: str | None
 
 
+@dataclass(frozen=True)
+class ListedSession:
+    id: str
+    created: int
+    payment_status: str
+    livemode: bool
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    sessions: list[ListedSession]
+    has_more: bool
+
+
+_ID_SEGMENT = re.compile(r"/(cs|li|price|prod|evt|pi)_[A-Za-z0-9_]+")
+
+
+class MeteredHTTPClient(stripe.HTTPXClient):
+    """The official client's transport, counting calls by endpoint and status for /metrics."""
+
+    def __init__(self, metrics: Metrics, **options: Any) -> None:
+        super().__init__(**options)
+        self._metrics = metrics
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        endpoint = f"{method.upper()} {_ID_SEGMENT.sub('/{id}', urlsplit(url).path)}"
+        try:
+            content, status, answer_headers = await super().request_async(
+                method, url, headers, post_data
+            )
+        except stripe.APIConnectionError:
+            self._metrics.stripe_calls.labels(endpoint, "0").inc()
+            raise
+        self._metrics.stripe_calls.labels(endpoint, str(status)).inc()
+        return content, status, answer_headers
+
+
 class StripeApi:
     """Retrieves Checkout Sessions with all their line items; creates them for the storefront."""
 
     def __init__(
-        self, secret_key: str, api_base: str, *, max_network_retries: int = 2, timeout: float = 30
+        self,
+        secret_key: str,
+        api_base: str,
+        *,
+        max_network_retries: int = 2,
+        timeout: float = 30,
+        metrics: Metrics | None = None,
     ) -> None:
-        self._http = stripe.HTTPXClient(timeout=timeout)
+        self._http = MeteredHTTPClient(metrics or Metrics(), timeout=timeout)
         self.client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base},
@@ -159,16 +209,37 @@ class StripeApi:
                     f"No Checkout Session {session_id} in this Stripe account"
                 ) from None
             raise StripeApiError(f"Stripe refused the request: {exc.user_message}") from None
-        except stripe.RateLimitError as exc:
-            retry_after = _retry_after(exc)
-            raise RateLimited("Stripe rate limit reached", retry_after) from None
-        except stripe.AuthenticationError:
-            raise StripeApiError("Stripe refused the API key (STRIPE_SECRET_KEY)") from None
         except stripe.StripeError as exc:
-            raise StripeApiError(
-                f"Stripe is unavailable ({type(exc).__name__}, status {exc.http_status})"
-            ) from None
+            raise _api_error(exc) from None
         return SessionSnapshot.from_stripe(body, items)
+
+    async def list_complete_sessions(
+        self, created_gte: int, starting_after: str | None, limit: int = PAGE
+    ) -> SessionPage:
+        """One page of complete sessions created at or after ``created_gte``, newest first."""
+        params: dict[str, Any] = {
+            "status": "complete",
+            "created": {"gte": created_gte},
+            "limit": limit,
+        }
+        if starting_after:
+            params["starting_after"] = starting_after
+        try:
+            page = await self.client.v1.checkout.sessions.list_async(params)  # type: ignore[arg-type]
+        except stripe.StripeError as exc:
+            raise _api_error(exc) from None
+        return SessionPage(
+            sessions=[
+                ListedSession(
+                    id=str(s.id),
+                    created=int(s.created),
+                    payment_status=str(s.payment_status),
+                    livemode=bool(s.livemode),
+                )
+                for s in page.data
+            ],
+            has_more=bool(page.has_more),
+        )
 
     async def prices(self, price_ids: Sequence[str], lookup_keys: Sequence[str]) -> list[PriceInfo]:
         """The given prices and the prices of the given lookup keys, products expanded.
@@ -213,6 +284,75 @@ class StripeApi:
                 if info is not None:
                     prices.setdefault(info.price_id, info)
         return list(prices.values())
+
+    async def check_catalog(self, catalog: Catalog) -> list[dict[str, str]]:
+        """Whether each price, product and lookup key the catalog names exists in this account."""
+        findings: list[dict[str, str]] = []
+        for entry in catalog.entries:
+            match = entry.match
+            checks: list[tuple[str, str, Callable[[], Awaitable[bool]]]] = []
+            if match.price:
+                checks.append(
+                    ("price", match.price, functools.partial(self._exists_price, match.price))
+                )
+            if match.product:
+                checks.append(
+                    (
+                        "product",
+                        match.product,
+                        functools.partial(self._exists_product, match.product),
+                    )
+                )
+            if match.lookup_key:
+                checks.append(
+                    (
+                        "lookup_key",
+                        match.lookup_key,
+                        functools.partial(self._exists_key, match.lookup_key),
+                    )
+                )
+            for kind, value, exists in checks:
+                try:
+                    found = await exists()
+                except StripeApiError as exc:
+                    findings.append(
+                        {"what": f"{entry.label} {kind}", "result": "error", "detail": exc.message}
+                    )
+                    continue
+                findings.append(
+                    {
+                        "what": f"{entry.label} {kind}",
+                        "result": "ok" if found else "missing",
+                        "detail": value
+                        if found
+                        else f"{value} does not exist in this Stripe account",
+                    }
+                )
+        return findings
+
+    async def _exists_price(self, price_id: str) -> bool:
+        return await self._exists(self.client.v1.prices.retrieve_async(price_id))
+
+    async def _exists_product(self, product_id: str) -> bool:
+        return await self._exists(self.client.v1.products.retrieve_async(product_id))
+
+    async def _exists_key(self, lookup_key: str) -> bool:
+        try:
+            page = await self.client.v1.prices.list_async({"lookup_keys": [lookup_key]})
+        except stripe.StripeError as exc:
+            raise _api_error(exc) from None
+        return bool(page.data)
+
+    async def _exists(self, call: Awaitable[Any]) -> bool:
+        try:
+            await call
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return False
+            raise _api_error(exc) from None
+        except stripe.StripeError as exc:
+            raise _api_error(exc) from None
+        return True
 
     async def create_session(
         self,

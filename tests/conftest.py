@@ -259,6 +259,7 @@ def service_factory(
             "FULFILL_CATALOG": str(catalog_path),
             "FULFILL_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "FULFILL_WORKER_INTERVAL": 0.1,
+            "FULFILL_RECONCILE_INTERVAL": 0,
             "FULFILL_RETRY_BASE": 0.2,
             **overrides,
         }

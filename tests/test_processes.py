@@ -31,6 +31,7 @@ def service_env(
         "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}",
         "FULFILL_CATALOG": str(catalog),
         "FULFILL_WORKER_INTERVAL": "0.2",
+        "FULFILL_RECONCILE_INTERVAL": "0",
         "FULFILL_RETRY_BASE": "0.5",
         **extra,
     }

@@ -85,28 +85,74 @@ class Store:
 
     async def get(self, session_id: str) -> FulfillmentRecord | None:
         async with self.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(fulfillments).where(fulfillments.c.session_id == session_id)
+            rows = await self._records(
+                connection, select(fulfillments).where(fulfillments.c.session_id == session_id)
+            )
+        return rows[0] if rows else None
+
+    async def list_records(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[FulfillmentRecord]:
+        """Records newest first; ``after`` is the (created_at, session_id) of the last one seen.
+
+        Keyset pagination: stable while records are added, no gaps, no repeats.
+        """
+        query = select(fulfillments)
+        if status is not None:
+            query = query.where(fulfillments.c.status == status)
+        if after is not None:
+            created, session_id = after
+            query = query.where(
+                or_(
+                    fulfillments.c.created_at < created,
+                    and_(
+                        fulfillments.c.created_at == created, fulfillments.c.session_id < session_id
+                    ),
                 )
-            ).first()
-            if row is None:
-                return None
-            items = (
-                await connection.execute(
-                    select(fulfillment_items)
-                    .where(fulfillment_items.c.session_id == session_id)
-                    .order_by(fulfillment_items.c.position)
-                )
-            ).all()
-            triggers = (
-                await connection.execute(
-                    select(fulfillment_triggers.c.trigger)
-                    .where(fulfillment_triggers.c.session_id == session_id)
-                    .order_by(fulfillment_triggers.c.id)
-                )
-            ).scalars()
-            return _record(row._mapping, [i._mapping for i in items], list(triggers))
+            )
+        query = query.order_by(
+            fulfillments.c.created_at.desc(), fulfillments.c.session_id.desc()
+        ).limit(limit)
+        async with self.engine.connect() as connection:
+            return await self._records(connection, query)
+
+    async def session_ids(self, status: str, limit: int = 10_000) -> list[str]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(fulfillments.c.session_id)
+                .where(fulfillments.c.status == status)
+                .order_by(fulfillments.c.created_at)
+                .limit(limit)
+            )
+            return [str(r[0]) for r in rows]
+
+    async def _records(self, connection: AsyncConnection, query: Any) -> list[FulfillmentRecord]:
+        """The records ``query`` selects, with their items and triggers (three queries in all)."""
+        rows = (await connection.execute(query)).all()
+        if not rows:
+            return []
+        ids = [row.session_id for row in rows]
+        items: dict[str, list[Any]] = {i: [] for i in ids}
+        for item in await connection.execute(
+            select(fulfillment_items)
+            .where(fulfillment_items.c.session_id.in_(ids))
+            .order_by(fulfillment_items.c.session_id, fulfillment_items.c.position)
+        ):
+            items[item.session_id].append(item._mapping)
+        triggers: dict[str, list[str]] = {i: [] for i in ids}
+        for trigger in await connection.execute(
+            select(fulfillment_triggers.c.session_id, fulfillment_triggers.c.trigger)
+            .where(fulfillment_triggers.c.session_id.in_(ids))
+            .order_by(fulfillment_triggers.c.id)
+        ):
+            triggers[trigger.session_id].append(trigger.trigger)
+        return [
+            _record(row._mapping, items[row.session_id], triggers[row.session_id]) for row in rows
+        ]
 
     async def status_of(self, session_id: str) -> str | None:
         async with self.engine.connect() as connection:
@@ -544,6 +590,16 @@ class Store:
                 )
             ).first()
             return dict(row._mapping) if row else None
+
+    async def events_for(self, session_id: str) -> list[dict[str, Any]]:
+        """The webhook events recorded for a session, oldest first (its history)."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(webhook_events)
+                .where(webhook_events.c.session_id == session_id)
+                .order_by(webhook_events.c.received_at)
+            )
+            return [dict(r._mapping) for r in rows]
 
     async def unprocessed_events(
         self, older_than: datetime, limit: int = 50

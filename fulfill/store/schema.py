@@ -171,3 +171,25 @@ shipments = Table(
     UniqueConstraint("session_id", "line_item_id", name="uq_shipments_item"),
     Index("ix_shipments_status_created", "status", "created_at"),
 )
+
+# Reconcile sweeps: the cursor of each, so that an interrupted sweep resumes.
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("since", DateTime, nullable=False),
+    Column("cursor", String(255)),
+    Column("started_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("results", JSON),
+)
+
+# Named leases across instances (e.g. "one reconcile sweep at a time").
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(64)),
+    Column("expires_at", DateTime, nullable=False),
+)

@@ -1,0 +1,279 @@
+"""The admin API under ``/api`` (SPEC §4), described by ``/api/openapi.json``.
+
+Behind ``FULFILL_ADMIN_TOKEN`` (a bearer token, compared in constant time);
+with no token configured the API is off and every path answers 404. It only
+translates HTTP to calls of the engine, the store and reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fulfill.engine import InvalidSessionId
+from fulfill.errors import FulfillError
+from fulfill.reconcile import ReconcileError, Summary, parse_since
+from fulfill.records import FAILED, STATUSES, FulfillmentRecord, valid_session_id
+from fulfill.service import Service
+
+log = logging.getLogger("fulfill.admin")
+
+Status = Literal[
+    "pending", "awaiting_payment", "fulfilling", "fulfilled", "failed", "payment_failed", "expired"
+]
+assert set(Status.__args__) == set(STATUSES)  # type: ignore[attr-defined]
+
+
+class ApiError(FulfillError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.status_code = status
+
+
+class Item(BaseModel):
+    line_item_id: str
+    price_id: str | None
+    product_id: str | None
+    description: str | None
+    quantity: int
+    amount_total: int | None
+    currency: str | None
+    action: str | None
+    status: Literal["pending", "done", "failed"]
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class Record(BaseModel):
+    """A session's fulfillment record (SPEC §5)."""
+
+    session_id: str
+    status: Status
+    payment_status: str | None
+    livemode: bool
+    mode: str | None
+    customer: dict[str, Any]
+    shipping: dict[str, Any] | None
+    amount_total: int | None
+    currency: str | None
+    client_reference_id: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt_at: str | None
+    created_at: str | None
+    updated_at: str | None
+    fulfilled_at: str | None
+    triggers: list[str]
+    items: list[Item]
+
+
+class RecordPage(BaseModel):
+    data: list[Record]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )
+
+
+class ReconcileRequest(BaseModel):
+    since: str = Field(default="72h", examples=["72h", "30m", "7d"])
+    dry_run: bool = False
+
+
+class ReconcileStarted(BaseModel):
+    started: bool
+    since: str
+    dry_run: bool
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    401: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    409: {"model": ErrorResponse},
+}
+
+
+def encode_cursor(record: FulfillmentRecord) -> str:
+    created = record.created_at.isoformat() if record.created_at else ""
+    raw = json.dumps([created, record.session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, session_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), str(session_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "invalid_cursor", "The cursor is not one this API gave out") from None
+
+
+def create_admin_app(service: Callable[[], Service], token: str | None) -> FastAPI:
+    """The admin API; ``service()`` gives the running ``Service`` (built at startup)."""
+    app = FastAPI(
+        title="fulfill admin API",
+        version="1",
+        description="Fulfillment records, retries and reconcile sweeps. "
+        "Authenticate with `Authorization: Bearer $FULFILL_ADMIN_TOKEN`.",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    bearer = HTTPBearer(auto_error=False)
+    sweeps: set[asyncio.Task[Summary]] = set()
+
+    def authorize(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if token is None:
+            raise ApiError(404, "not_found", "The admin API is off: set FULFILL_ADMIN_TOKEN")
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "A valid bearer token is required")
+
+    @app.exception_handler(FulfillError)
+    async def fulfill_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, FulfillError)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(
+            {"error": {"code": exc.code, "message": exc.message}},
+            status_code=exc.status_code,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "invalid_request",
+                    "message": f"{where}: {first.get('msg', 'invalid')}",
+                }
+            },
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse(
+            {"error": {"code": "http_error", "message": str(exc.detail)}},
+            status_code=exc.status_code,
+        )
+
+    def checked(session_id: str) -> str:
+        if not valid_session_id(session_id):
+            raise ApiError(400, InvalidSessionId.code, "That is not a Checkout Session ID")
+        return session_id
+
+    @app.get(
+        "/fulfillments",
+        response_model=RecordPage,
+        responses=ERRORS,
+        dependencies=[Depends(authorize)],
+        summary="List records, newest first",
+    )
+    async def list_fulfillments(
+        status: Status | None = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> dict[str, Any]:
+        after = decode_cursor(cursor) if cursor else None
+        records = await service().store.list_records(status=status, limit=limit + 1, after=after)
+        page, more = records[:limit], len(records) > limit
+        return {
+            "data": [r.as_json() for r in page],
+            "next_cursor": encode_cursor(page[-1]) if more else None,
+        }
+
+    @app.get(
+        "/fulfillments/{session_id}",
+        response_model=Record,
+        responses=ERRORS,
+        dependencies=[Depends(authorize)],
+        summary="One record",
+    )
+    async def get_fulfillment(session_id: str) -> dict[str, Any]:
+        record = await service().store.get(checked(session_id))
+        if record is None:
+            raise ApiError(404, "not_found", "No record for this session")
+        return record.as_json()
+
+    @app.post(
+        "/fulfillments/{session_id}/retry",
+        response_model=Record,
+        responses=ERRORS,
+        dependencies=[Depends(authorize)],
+        summary="Retry a failed record now",
+    )
+    async def retry_fulfillment(session_id: str) -> dict[str, Any]:
+        engine = service().engine
+        record = await service().store.get(checked(session_id))
+        if record is None:
+            raise ApiError(404, "not_found", "No record for this session")
+        if record.status != FAILED:
+            raise ApiError(
+                409, "not_failed", f"Only failed records are retried; this one is {record.status}"
+            )
+        record = await engine.fulfill_checkout(session_id, trigger="admin", force=True, wait=10)
+        return record.as_json()
+
+    @app.post(
+        "/reconcile",
+        response_model=ReconcileStarted,
+        status_code=202,
+        responses=ERRORS,
+        dependencies=[Depends(authorize)],
+        summary="Start a reconcile sweep in the background",
+    )
+    async def start_reconcile(body: ReconcileRequest) -> dict[str, Any]:
+        try:
+            since = parse_since(body.since)
+        except ReconcileError as exc:
+            raise ApiError(400, exc.code, exc.message) from None
+        if any(not task.done() for task in sweeps):
+            raise ApiError(409, "reconcile_running", "A sweep started here is still running")
+        task = asyncio.get_running_loop().create_task(
+            service().reconciler.sweep(since, dry_run=body.dry_run)
+        )
+        sweeps.add(task)
+        task.add_done_callback(_log_sweep)
+        task.add_done_callback(sweeps.discard)
+        return {"started": True, "since": body.since, "dry_run": body.dry_run}
+
+    return app
+
+
+def _log_sweep(task: asyncio.Task[Summary]) -> None:
+    if task.cancelled():
+        return
+    if (exc := task.exception()) is not None:
+        log.warning("reconcile sweep failed: %s", exc)
+    else:
+        log.info("reconcile sweep finished: %s", task.result().as_json())

@@ -1,0 +1,242 @@
+"""Commands for the operator: list, show, retry, reconcile, check (SPEC §8).
+
+Each prints a table people can read and, with ``--json``, what a machine
+can; errors say what to do next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fulfill.cli import _settings, main, print_record, read_store
+from fulfill.errors import FulfillError
+from fulfill.records import FAILED, STATUSES, FulfillmentRecord, iso
+from fulfill.service import Service
+
+T = TypeVar("T")
+out = Console()
+
+
+def with_service(work: Callable[[Service], Awaitable[T]]) -> T:
+    """Run ``work`` with the whole service (Stripe client, catalog, store) open."""
+    settings = _settings()
+
+    async def go() -> T:
+        service = await Service.start(settings)
+        try:
+            return await work(service)
+        finally:
+            await service.close()
+
+    return asyncio.run(go())
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def records_table(records: list[FulfillmentRecord]) -> Table:
+    table = Table("session", "status", "payment", "items", "attempts", "created", "last error")
+    for record in records:
+        done = sum(1 for item in record.items if item.status == "done")
+        table.add_row(
+            record.session_id,
+            record.status,
+            record.payment_status or "",
+            f"{done}/{len(record.items)}",
+            str(record.attempts),
+            iso(record.created_at) or "",
+            (record.last_error or "")[:60],
+        )
+    return table
+
+
+@main.command("list")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def list_records(status: str | None, limit: int, as_json: bool) -> None:
+    """Fulfillment records, newest first."""
+    records = read_store(lambda store: store.list_records(status=status, limit=limit))
+    if as_json:
+        echo_json([r.as_json() for r in records])
+    elif not records:
+        out.print("no records" + (f" with status {status}" if status else ""))
+    else:
+        out.print(records_table(records))
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record (and its events) as JSON.")
+def show(session_id: str, as_json: bool) -> None:
+    """One record with its items and history."""
+
+    async def read(store: Any) -> tuple[FulfillmentRecord | None, list[dict[str, Any]]]:
+        return await store.get(session_id), await store.events_for(session_id)
+
+    record, events = read_store(read)
+    if record is None:
+        raise FulfillError(
+            f"no record for {session_id}; `fulfill run {session_id}` reads it from Stripe"
+        )
+    if as_json:
+        echo_json({**record.as_json(), "events": [_event(e) for e in events]})
+        return
+    print_record(record)
+    history = Table("received", "event", "type", "outcome", title="webhook events")
+    for event in events:
+        history.add_row(
+            iso(event["received_at"]) or "", event["event_id"], event["type"], event["outcome"]
+        )
+    out.print(history)
+    out.print("triggers: " + (", ".join(record.triggers) or "none"))
+
+
+def _event(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": row["event_id"],
+        "type": row["type"],
+        "outcome": row["outcome"],
+        "received_at": iso(row["received_at"]),
+        "processed_at": iso(row["processed_at"]),
+    }
+
+
+@main.command()
+@click.argument("session_id", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed record.")
+@click.option("--json", "as_json", is_flag=True, help="Print the resulting records as JSON.")
+def retry(session_id: str | None, all_failed: bool, as_json: bool) -> None:
+    """Retry a failed record now (SESSION_ID), or every failed one (--failed)."""
+    if bool(session_id) == all_failed:
+        raise click.UsageError("give one SESSION_ID or --failed")
+
+    async def work(service: Service) -> list[FulfillmentRecord]:
+        ids = [session_id] if session_id else await service.store.session_ids(FAILED)
+        results = []
+        for sid in ids:
+            record = await service.store.get(sid)
+            if record is None:
+                raise FulfillError(f"no record for {sid}; `fulfill run {sid}` reads it from Stripe")
+            if record.status != FAILED:
+                raise FulfillError(f"{sid} is {record.status}, not failed: nothing to retry")
+            results.append(
+                await service.engine.fulfill_checkout(sid, trigger="cli-retry", force=True)
+            )
+        return results
+
+    records = with_service(work)
+    if as_json:
+        echo_json([r.as_json() for r in records])
+    elif not records:
+        out.print("no failed records")
+    else:
+        out.print(records_table(records))
+
+
+@main.command()
+@click.option("--since", default="72h", show_default=True, help="How far back: 30m, 72h, 7d.")
+@click.option("--dry-run", is_flag=True, help="List what would be fulfilled; change nothing.")
+@click.option(
+    "--restart", is_flag=True, help="Start over instead of resuming an interrupted sweep."
+)
+@click.option(
+    "--rate", type=float, default=None, help="API calls per second (FULFILL_RECONCILE_RATE)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def reconcile(since: str, dry_run: bool, restart: bool, rate: float | None, as_json: bool) -> None:
+    """Fulfill every paid session created since then that is not fulfilled yet (resumable)."""
+    from fulfill.reconcile import Reconciler, Summary, parse_since
+
+    window = parse_since(since)
+
+    async def work(service: Service) -> Summary:
+        reconciler = service.reconciler
+        if rate is not None:
+            reconciler = Reconciler(service.engine, service.stripe, service.runs, rate=rate)
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]reconcile[/bold]"),
+            BarColumn(bar_width=None),
+            TextColumn("{task.completed} sessions · {task.fields[last]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=as_json,
+            transient=False,
+        ) as progress:
+            bar = progress.add_task("sweep", total=None, last="listing…")
+
+            def advance(summary: Summary, listed: Any) -> None:
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.results.items()))
+                progress.update(bar, completed=summary.listed, last=counts)
+
+            summary = await reconciler.sweep(
+                window, dry_run=dry_run, restart=restart, progress=advance
+            )
+            progress.update(bar, total=summary.listed)
+        return summary
+
+    summary = with_service(work)
+    if as_json:
+        echo_json(summary.as_json())
+        return
+    if summary.resumed:
+        out.print(f"resumed the sweep started for sessions since {summary.as_json()['since']}")
+    table = Table("result", "sessions", title=f"reconcile since {summary.as_json()['since']}")
+    for result, count in sorted(summary.results.items()):
+        table.add_row(result, str(count))
+    table.add_row("[bold]listed[/bold]", str(summary.listed))
+    table.add_row("list pages", str(summary.pages))
+    out.print(table)
+    for error in summary.errors[:20]:
+        out.print(f"[red]error[/red] {error}", highlight=False)
+    if summary.errors:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def check(as_json: bool) -> None:
+    """Validate configuration and catalog; with a reachable API, check its prices and products."""
+    from fulfill.catalog import load_catalog
+
+    settings = _settings()
+    catalog = load_catalog(settings.catalog_path)
+    findings: list[dict[str, str]] = [
+        {"what": "configuration", "result": "ok", "detail": "all settings valid"},
+        {
+            "what": "catalog",
+            "result": "ok",
+            "detail": f"{len(catalog.entries)} entries in {catalog.path}",
+        },
+    ]
+    if settings.stripe_secret_key is None:
+        findings.append(
+            {"what": "stripe", "result": "skipped", "detail": "STRIPE_SECRET_KEY not set"}
+        )
+    else:
+        findings += with_service(lambda service: service.stripe.check_catalog(service.catalog))
+    failed = [f for f in findings if f["result"] == "missing" or f["result"] == "error"]
+    if as_json:
+        echo_json({"ok": not failed, "findings": findings})
+    else:
+        table = Table("check", "result", "detail")
+        for finding in findings:
+            style = {"ok": "green", "missing": "red", "error": "red"}.get(
+                finding["result"], "yellow"
+            )
+            table.add_row(
+                finding["what"], f"[{style}]{finding['result']}[/{style}]", finding["detail"]
+            )
+        out.print(table)
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,236 @@
+"""Reconcile: find paid sessions whose webhooks never came, and fulfill them.
+
+The day a webhook endpoint was down for six hours, Stripe's retries may or
+may not have caught up; reconcile does not wait to find out. It lists the
+complete sessions created since a moment (paged with ``starting_after``),
+skips what is already fulfilled (no call beyond the list), and hands every
+other paid session to ``fulfill_checkout`` — so it is exactly once with any
+webhook or landing visit racing it. Its own API calls stay under a rate well
+below Stripe's limits (25/s in test mode, 100/s live), it honours 429 and
+``Retry-After``, and it checkpoints its cursor in the database so that an
+interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from aiolimiter import AsyncLimiter
+
+from fulfill import logs
+from fulfill.engine import Engine, utcnow
+from fulfill.errors import FulfillError
+from fulfill.records import FULFILLED
+from fulfill.store.runs import ReconcileRun, Runs
+from fulfill.stripe_api import ListedSession, RateLimited, StripeApi
+
+log = logging.getLogger("fulfill.reconcile")
+
+T = TypeVar("T")
+
+DEFAULT_RATE = 10.0  # API calls per second: well under Stripe's 25/s test-mode limit
+_SINCE_RE = re.compile(r"^([0-9]+)([mhd])$")
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+MAX_SINCE_DAYS = 30  # Stripe keeps listing sessions longer, but its events only 30 days
+
+
+class ReconcileError(FulfillError):
+    status_code = 400
+    code = "invalid_reconcile"
+
+
+def parse_since(text: str) -> timedelta:
+    """``"72h"``, ``"30m"``, ``"7d"`` → a duration; ``ReconcileError`` otherwise."""
+    found = _SINCE_RE.match(text.strip())
+    if found is None:
+        raise ReconcileError(
+            f'--since must be a number and a unit, like "72h", "30m" or "7d"; got {text!r}'
+        )
+    seconds = int(found.group(1)) * _UNITS[found.group(2)]
+    if seconds <= 0 or seconds > MAX_SINCE_DAYS * 86400:
+        raise ReconcileError(f"--since must be between 1m and {MAX_SINCE_DAYS}d")
+    return timedelta(seconds=seconds)
+
+
+@dataclass
+class Summary:
+    """What one sweep saw and did."""
+
+    run_id: int
+    since: datetime
+    resumed: bool = False
+    dry_run: bool = False
+    listed: int = 0
+    pages: int = 0
+    results: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    finished: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "run_id": self.run_id,
+            "since": self.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "resumed": self.resumed,
+            "dry_run": self.dry_run,
+            "listed": self.listed,
+            "pages": self.pages,
+            "results": dict(self.results),
+            "errors": self.errors[:20],
+            "finished": self.finished,
+        }
+
+
+Progress = Callable[[Summary, ListedSession | None], None]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        engine: Engine,
+        stripe: StripeApi,
+        runs: Runs,
+        *,
+        rate: float = DEFAULT_RATE,
+        max_rate_limit_waits: int = 20,
+    ) -> None:
+        self.engine = engine
+        self.stripe = stripe
+        self.runs = runs
+        # Every API call reconcile makes (list pages and retrieves) takes a token.
+        self.limiter = AsyncLimiter(max(rate, 0.1), 1.0)
+        self.max_rate_limit_waits = max_rate_limit_waits
+
+    async def sweep(
+        self,
+        since: timedelta,
+        *,
+        dry_run: bool = False,
+        restart: bool = False,
+        progress: Progress | None = None,
+    ) -> Summary:
+        """List complete sessions created since ``since`` ago and fulfill the unfulfilled."""
+        now = utcnow()
+        run: ReconcileRun | None = None if restart or dry_run else await self.runs.unfinished()
+        resumed = run is not None
+        if run is None:
+            run = ReconcileRun(id=0, since=now - since, cursor=None, started_at=now)
+            if not dry_run:
+                run = await self.runs.start(run.since, now)
+        summary = Summary(run_id=run.id, since=run.since, resumed=resumed, dry_run=dry_run)
+        cursor = run.cursor
+        created_gte = _epoch(run.since)
+        while True:
+            page = await self._call(
+                functools.partial(self.stripe.list_complete_sessions, created_gte, cursor)
+            )
+            summary.pages += 1
+            for listed in page.sessions:
+                summary.listed += 1
+                result = await self._one(listed, dry_run, summary)
+                summary.results[result] += 1
+                self.engine.metrics.reconcile_sessions.labels(result).inc()
+                cursor = listed.id
+                if not dry_run:
+                    # Checkpoint after each session: an interrupted sweep
+                    # resumes right after the last one it handled.
+                    await self.runs.advance(run.id, cursor, utcnow())
+                if progress is not None:
+                    progress(summary, listed)
+            if not page.has_more or not page.sessions:
+                break
+        summary.finished = True
+        if not dry_run:
+            await self.runs.finish(run.id, dict(summary.results), utcnow())
+        self.engine.metrics.reconcile_last_success.set_to_current_time()
+        return summary
+
+    async def _one(self, listed: ListedSession, dry_run: bool, summary: Summary) -> str:
+        with logs.bound(session_id=listed.id):
+            status = await self.engine.store.status_of(listed.id)
+            if status == FULFILLED:
+                return "already"
+            if listed.payment_status not in ("paid", "no_payment_required"):
+                return "unpaid"
+            if dry_run:
+                return "would_fulfill"
+            try:
+                record = await self._call(
+                    lambda: self.engine.fulfill_checkout(listed.id, trigger="reconcile", force=True)
+                )
+            except FulfillError as exc:
+                summary.errors.append(f"{listed.id}: {exc.message}")
+                log.warning("reconcile could not fulfill: %s", exc.message)
+                return "error"
+            return "fulfilled" if record.status == FULFILLED else record.status
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One rate-limited API call; a 429 is waited out as its ``Retry-After`` asks."""
+        waits = 0
+        while True:
+            async with self.limiter:
+                try:
+                    return await call()
+                except RateLimited as exc:
+                    waits += 1
+                    if waits > self.max_rate_limit_waits:
+                        raise
+                    delay = exc.retry_after or min(2.0**waits, 30.0)
+                    log.info("Stripe rate limit reached; waiting %.1f s", delay)
+            await asyncio.sleep(delay)
+
+
+def _epoch(moment: datetime) -> int:
+    """Seconds since the epoch of a naive UTC datetime (what the database holds)."""
+    return int((moment - datetime(1970, 1, 1)).total_seconds())
+
+
+class Schedule:
+    """The sweep ``serve`` runs every ``interval`` seconds, one instance at a time."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        runs: Runs,
+        *,
+        owner: str,
+        interval: float,
+        since: timedelta,
+        first_delay: float = 10.0,
+    ) -> None:
+        self.reconciler = reconciler
+        self.runs = runs
+        self.owner = owner
+        self.interval = interval
+        self.since = since
+        self.first_delay = first_delay
+
+    async def step(self) -> Summary | None:
+        """Sweep if this instance takes the schedule's lock now."""
+        if not await self.runs.acquire("reconcile", self.owner, self.interval, utcnow()):
+            return None
+        summary = await self.reconciler.sweep(self.since)
+        log.info(
+            "reconcile sweep: %d sessions listed, %s",
+            summary.listed,
+            ", ".join(f"{k} {v}" for k, v in sorted(summary.results.items())) or "nothing to do",
+        )
+        return summary
+
+    async def run(self) -> None:
+        await asyncio.sleep(self.first_delay)
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reconcile sweep failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(min(self.interval, 60.0))
