@@ -105,7 +105,10 @@ class Reconciler:
         self.stripe = stripe
         self.runs = runs
         # Every API call reconcile makes (list pages and retrieves) takes a token.
-        self.limiter = AsyncLimiter(max(rate, 0.1), 1.0)
+        # A bucket of one, refilled every 1/rate s: calls are spaced evenly, so
+        # no one-second window ever holds more than ``rate`` (a bucket of
+        # ``rate`` would allow a burst of ``rate`` on top of the refill).
+        self.limiter = AsyncLimiter(1, 1.0 / max(rate, 0.1))
         self.max_rate_limit_waits = max_rate_limit_waits
 
     async def sweep(

@@ -1,0 +1,186 @@
+"""Reconcile: paid sessions whose webhooks never came are fulfilled, once, within a rate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from fulfill.cli import main
+from fulfill.reconcile import ReconcileError, parse_since
+from tests.conftest import HOOK_METADATA, EmulatorServer, ServiceFactory
+from tests.servers import Receiver
+from tests.test_cli import env_for
+
+
+def paid(shop: EmulatorServer, count: int) -> list[str]:
+    price = shop.price(product_metadata=HOOK_METADATA)
+    sessions = [str(shop.session([(price, 1)]).id) for _ in range(count)]
+    for session_id in sessions:
+        shop.complete(session_id)
+    return sessions
+
+
+def reconcile(env: dict[str, str], *args: str) -> dict[str, object]:
+    result = CliRunner().invoke(main, ["reconcile", "--json", *args], env=env)
+    assert result.exit_code == 0, result.output
+    summary: dict[str, object] = json.loads(result.output)
+    return summary
+
+
+def api_requests(shop: EmulatorServer) -> list[dict[str, object]]:
+    requests: list[dict[str, object]] = shop.get("/_emulator/requests")["requests"]
+    return requests
+
+
+def peak_per_second(requests: list[dict[str, object]]) -> int:
+    times = sorted(float(str(r["at"])) for r in requests)
+    peak, start = 0, 0
+    for end, moment in enumerate(times):
+        while moment - times[start] >= 1.0:
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
+
+
+def test_parse_since() -> None:
+    assert parse_since("72h").total_seconds() == 72 * 3600
+    assert parse_since("30m").total_seconds() == 1800
+    for bad in ("", "72", "1y", "0h", "-1h", "31d"):
+        with pytest.raises(ReconcileError):
+            parse_since(bad)
+
+
+def test_missed_webhooks_are_fulfilled_once_within_the_rate(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    shop.post("/_emulator/webhooks", {"mode": "off"})
+    sessions = paid(shop, 200)
+    shop.control.delete("/_emulator/requests")
+    env = env_for(tmp_path, shop, receiver)
+
+    first = reconcile(env, "--since", "1h", "--rate", "40")
+    assert first["listed"] == 200
+    assert first["results"] == {"fulfilled": 200}
+    counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
+    assert len(counts) == 200
+    assert set(counts.values()) == {1}
+    requests = api_requests(shop)
+    assert len(requests) == 2 + 200  # two list pages, one retrieve per session
+    assert peak_per_second(requests) <= 41
+
+    shop.control.delete("/_emulator/requests")
+    second = reconcile(env, "--since", "1h", "--rate", "40")
+    assert second["results"] == {"already": 200}
+    endpoints = {str(r["endpoint"]) for r in api_requests(shop)}
+    assert endpoints == {"GET /v1/checkout/sessions"}, "a second sweep costs only the list calls"
+    assert len(receiver.received) == 200
+    listed = CliRunner().invoke(main, ["list", "--json", "--limit", "500"], env=env)
+    records = json.loads(listed.output)
+    assert {r["session_id"] for r in records} == set(sessions)
+    assert {r["status"] for r in records} == {"fulfilled"}
+    assert all(r["triggers"] == ["reconcile"] for r in records)
+
+
+def test_dry_run_changes_nothing(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    shop.post("/_emulator/webhooks", {"mode": "off"})
+    paid(shop, 3)
+    env = env_for(tmp_path, shop, receiver)
+    summary = reconcile(env, "--since", "1h", "--dry-run")
+    assert summary["results"] == {"would_fulfill": 3}
+    assert receiver.received == []
+
+
+def test_rate_limit_is_waited_out(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    shop.post("/_emulator/webhooks", {"mode": "off"})
+    paid(shop, 5)
+    shop.post(
+        "/_emulator/faults",
+        {"kind": "rate_limit", "count": 3, "retry_after": 0.3, "path": "/v1/checkout/sessions*"},
+    )
+    env = env_for(tmp_path, shop, receiver)
+    started = time.monotonic()
+    summary = reconcile(env, "--since", "1h")
+    assert summary["results"] == {"fulfilled": 5}
+    assert time.monotonic() - started >= 0.9, "each 429's Retry-After was honoured"
+    statuses = Counter(int(str(r["status"])) for r in api_requests(shop))
+    assert statuses[429] == 3
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    shop.post("/_emulator/webhooks", {"mode": "off"})
+    paid(shop, 120)
+    env = env_for(tmp_path, shop, receiver)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fulfill", "reconcile", "--since", "1h", "--rate", "30", "--json"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        receiver.wait_for(40, timeout=30)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=10)
+    done_before = len(receiver.received)
+    assert done_before < 120
+    summary = reconcile(env, "--since", "1h", "--rate", "100")
+    assert summary["resumed"] is True
+    assert int(str(summary["listed"])) <= 120 - done_before + 1
+    counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
+    assert len(counts) == 120
+    # A session in flight at the kill may be sent again with the same key; no other.
+    assert sum(n - 1 for n in counts.values()) <= 1
+
+
+def test_reconcile_racing_webhooks_and_landing_visits_is_exactly_once(
+    service_factory: ServiceFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    service = service_factory()
+    shop = service.shop
+    shop.post("/_emulator/webhooks", {"copies": 2})
+    price = shop.price(product_metadata=HOOK_METADATA)
+    sessions = [str(shop.session([(price, 1)]).id) for _ in range(60)]
+    env = {
+        **env_for(tmp_path, shop, receiver),
+        "FULFILL_DATABASE_URL": service.settings.database_url,
+        "FULFILL_CATALOG": str(service.settings.catalog_path),
+    }
+
+    def pay_and_visit() -> None:
+        for session_id in sessions:
+            shop.complete(session_id)
+            httpx.get(
+                f"{service.url}/checkout/complete", params={"session_id": session_id}, timeout=30
+            )
+
+    buyer = threading.Thread(target=pay_and_visit)
+    buyer.start()
+    while buyer.is_alive():
+        reconcile(env, "--since", "1h", "--rate", "100", "--restart")
+    buyer.join()
+    reconcile(env, "--since", "1h", "--rate", "100", "--restart")
+    assert shop.get("/_emulator/webhooks/idle?timeout=30")["idle"]
+    counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
+    assert len(counts) == 60
+    assert set(counts.values()) == {1}
