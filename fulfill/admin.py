@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fulfill.engine import InvalidSessionId
 from fulfill.errors import FulfillError
@@ -108,6 +110,66 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# Module level: FastAPI resolves the (string) annotations of dependencies in
+# the module's globals, where a local of create_admin_app would not be found.
+BEARER = HTTPBearer(auto_error=False, description="FULFILL_ADMIN_TOKEN")
+
+
+class TokenGate:
+    """Every request under ``/api``: 404 while the API is off, 401 without the token.
+
+    A middleware, not a route dependency, so that it answers before routing,
+    validation and body parsing: nobody without the token learns anything
+    from a 400, nor whether a path exists, nor (with the API off) that there
+    is an API at all. The schema at ``/api/openapi.json`` is behind it too.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        # Compared as SHA-256 digests: constant time, and the length of the
+        # token does not show either.
+        self.digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.digest is None:
+            answer = _error(404, "not_found", "The admin API is off: set FULFILL_ADMIN_TOKEN")
+        elif not hmac.compare_digest(_bearer(scope), self.digest):
+            answer = _error(
+                401,
+                "unauthorized",
+                "A valid bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        else:
+            await self.app(scope, receive, send)
+            return
+        await answer(scope, receive, send)
+
+
+def _bearer(scope: Scope) -> bytes:
+    """The digest of the request's bearer token (of nothing when there is none).
+
+    Headers stay bytes: a token with non-ASCII bytes is simply wrong.
+    """
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                return hashlib.sha256(credentials.strip()).digest()
+    return hashlib.sha256(b"\0no token").digest()
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse},
     401: {"model": ErrorResponse},
@@ -126,9 +188,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, session_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), str(session_id)
+        moment = datetime.fromisoformat(created)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise ApiError(400, "invalid_cursor", "The cursor is not one this API gave out") from None
+    if moment.tzinfo is not None:
+        # The database holds naive UTC; an aware time (a hand-made cursor)
+        # compared with it is an error on PostgreSQL, not an empty page.
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment, str(session_id)
 
 
 def create_admin_app(service: Callable[[], Service], token: str | None) -> FastAPI:
@@ -141,28 +208,17 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
+        dependencies=[Security(BEARER)],
     )
-    bearer = HTTPBearer(auto_error=False)
+    # The token is checked by TokenGate before routing and before any body is
+    # read; BEARER only declares the scheme in the schema.
+    app.add_middleware(TokenGate, token=token)
     sweeps: set[asyncio.Task[Summary]] = set()
-
-    def authorize(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if token is None:
-            raise ApiError(404, "not_found", "The admin API is off: set FULFILL_ADMIN_TOKEN")
-        given = credentials.credentials if credentials else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(401, "unauthorized", "A valid bearer token is required")
 
     @app.exception_handler(FulfillError)
     async def fulfill_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, FulfillError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(
-            {"error": {"code": exc.code, "message": exc.message}},
-            status_code=exc.status_code,
-            headers=headers,
-        )
+        return _error(exc.status_code, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -196,7 +252,6 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         "/fulfillments",
         response_model=RecordPage,
         responses=ERRORS,
-        dependencies=[Depends(authorize)],
         summary="List records, newest first",
     )
     async def list_fulfillments(
@@ -216,7 +271,6 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         "/fulfillments/{session_id}",
         response_model=Record,
         responses=ERRORS,
-        dependencies=[Depends(authorize)],
         summary="One record",
     )
     async def get_fulfillment(session_id: str) -> dict[str, Any]:
@@ -229,7 +283,6 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         "/fulfillments/{session_id}/retry",
         response_model=Record,
         responses=ERRORS,
-        dependencies=[Depends(authorize)],
         summary="Retry a failed record now",
     )
     async def retry_fulfillment(session_id: str) -> dict[str, Any]:
@@ -249,10 +302,11 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         response_model=ReconcileStarted,
         status_code=202,
         responses=ERRORS,
-        dependencies=[Depends(authorize)],
         summary="Start a reconcile sweep in the background",
     )
-    async def start_reconcile(body: ReconcileRequest) -> dict[str, Any]:
+    async def start_reconcile(body: ReconcileRequest | None = None) -> dict[str, Any]:
+        # No body at all is a sweep with the defaults (`curl -X POST …/api/reconcile`).
+        body = body or ReconcileRequest()
         try:
             since = parse_since(body.since)
         except ReconcileError as exc:
