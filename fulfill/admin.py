@@ -213,7 +213,10 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
     # The token is checked by TokenGate before routing and before any body is
     # read; BEARER only declares the scheme in the schema.
     app.add_middleware(TokenGate, token=token)
+    # Sweeps started here; the service cancels them at shutdown, before it
+    # closes the store under them (a sweep resumes from its checkpoint).
     sweeps: set[asyncio.Task[Summary]] = set()
+    app.state.sweeps = sweeps
 
     @app.exception_handler(FulfillError)
     async def fulfill_error(request: Request, exc: Exception) -> JSONResponse:

@@ -119,6 +119,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         try:
             yield
         finally:
+            tasks.extend(admin.state.sweeps)
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
