@@ -20,6 +20,7 @@ from fulfill.admin import create_admin_app
 from fulfill.config import Settings, load_settings
 from fulfill.downloads import DownloadEndpoint
 from fulfill.errors import FulfillError
+from fulfill.guard import LookupGuard
 from fulfill.landing import LandingPage
 from fulfill.pages import render_error
 from fulfill.reconcile import Schedule, parse_since
@@ -89,7 +90,14 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             inline_budget=settings.inline_budget,
             livemode=settings.livemode,
         )
-        app.state.landing = LandingPage(service.engine, settings.landing_wait)
+        app.state.landing = LandingPage(
+            service.engine,
+            settings.landing_wait,
+            LookupGuard(
+                per_client_per_minute=settings.lookups_per_client,
+                total_per_second=settings.lookups_per_second,
+            ),
+        )
         app.state.downloads = DownloadEndpoint(service.store.deliverables, service.signing_key)
         app.state.storefront = Storefront(
             service.catalog,

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     reconcile_rate: float = Field(default=10.0, alias="FULFILL_RECONCILE_RATE", gt=0, le=100)
     reconcile_interval: float = Field(default=15.0, alias="FULFILL_RECONCILE_INTERVAL", ge=0)
     reconcile_since: str = Field(default="72h", alias="FULFILL_RECONCILE_SINCE")
+    # Landing-page lookups of sessions the service does not know (each costs a
+    # Stripe call): per client per minute, and in total per second (SPEC §10.6).
+    lookups_per_client: float = Field(default=10, alias="FULFILL_LOOKUPS_PER_CLIENT", gt=0)
+    lookups_per_second: float = Field(default=10, alias="FULFILL_LOOKUPS_PER_SECOND", gt=0)
     # Where POST /checkout/sessions lets Checkout ship physical goods (ISO 3166-1 alpha-2).
     shipping_countries: str = Field(
         default=DEFAULT_SHIPPING_COUNTRIES, alias="FULFILL_SHIPPING_COUNTRIES"

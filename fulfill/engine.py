@@ -28,7 +28,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -124,6 +124,7 @@ class Engine:
         trigger: str = "api",
         wait: float | None = None,
         force: bool = False,
+        admit: Callable[[], Awaitable[None]] | None = None,
     ) -> FulfillmentRecord:
         """Fulfill the session if it is paid and not yet fulfilled; return its record.
 
@@ -132,14 +133,21 @@ class Engine:
         for a fulfillment in progress (default ``EngineOptions.wait_seconds``);
         the record returned may then still be ``fulfilling``. A ``failed``
         record is retried only when its backoff has passed, or with ``force``
-        (the worker, an operator).
+        (the worker, an operator). ``admit``, if given, is awaited before a
+        Stripe call for a session this service has no record of; it raises to
+        refuse (the landing page's limits on unknown sessions).
         """
         self.check_session_id(session_id)
         with logs.bound(session_id=session_id):
-            return await self._fulfill(session_id, trigger, wait, force)
+            return await self._fulfill(session_id, trigger, wait, force, admit)
 
     async def _fulfill(
-        self, session_id: str, trigger: str, wait: float | None, force: bool
+        self,
+        session_id: str,
+        trigger: str,
+        wait: float | None,
+        force: bool,
+        admit: Callable[[], Awaitable[None]] | None,
     ) -> FulfillmentRecord:
         wait = self.options.wait_seconds if wait is None else wait
         # One caller per session at a time in this process decides what to do;
@@ -152,7 +160,7 @@ class Engine:
             task = self._running.get(session_id)
             record: FulfillmentRecord | None = None
             if task is None:
-                record, task = await self._start(session_id, trigger, force)
+                record, task = await self._start(session_id, trigger, force, admit)
         if task is not None:
             await _bounded(task, wait)
             record = await self._get(session_id)
@@ -165,7 +173,11 @@ class Engine:
         return record
 
     async def _start(
-        self, session_id: str, trigger: str, force: bool
+        self,
+        session_id: str,
+        trigger: str,
+        force: bool,
+        admit: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[FulfillmentRecord | None, asyncio.Task[None] | None]:
         """Read the record and, if needed, the session; start the fulfillment if it is due."""
         record = await self.store.get(session_id)
@@ -177,6 +189,8 @@ class Engine:
                 return record, None
             if record.status == FULFILLING and not self._lease_expired(record):
                 return record, None
+        elif admit is not None:
+            await admit()
         snapshot = await self.stripe.session(session_id)
         self._check_mode(snapshot.livemode, session_id)
         status = status_for(snapshot)

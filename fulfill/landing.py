@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from fulfill.engine import Engine, InvalidSessionId, ModeMismatch
+from fulfill.guard import LookupGuard, TooManyLookups
 from fulfill.pages import (
     PRIVATE_HEADERS,
     TEMPLATES,
@@ -117,16 +118,34 @@ def render_record(request: Request, record: FulfillmentRecord) -> Response:
 class LandingPage:
     """``GET /checkout/complete``."""
 
-    def __init__(self, engine: Engine, wait: float) -> None:
+    def __init__(self, engine: Engine, wait: float, guard: LookupGuard | None = None) -> None:
         self.engine = engine
         self.wait = wait
+        self.guard = guard or LookupGuard()
 
     async def __call__(self, request: Request) -> Response:
         session_id = request.query_params.get("session_id", "")
+        client = request.client.host if request.client else "unknown"
+        if self.guard.known_missing(session_id):
+            return _not_found(request)
         try:
             record = await self.engine.fulfill_checkout(
-                session_id, trigger="landing", wait=self.wait
+                session_id,
+                trigger="landing",
+                wait=self.wait,
+                admit=lambda: self.guard.admit(client),
             )
+        except TooManyLookups as exc:
+            response = render_problem(
+                request,
+                429,
+                exc.code,
+                "Too many requests",
+                "We are getting a lot of order lookups just now. Please wait a minute and "
+                "refresh this page; your payment is safe.",
+            )
+            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            return response
         except InvalidSessionId:
             return render_problem(
                 request,
@@ -145,14 +164,8 @@ class LandingPage:
                 "This order does not belong to this shop's current mode.",
             )
         except SessionNotFound:
-            return render_problem(
-                request,
-                404,
-                "session_not_found",
-                "We could not find this order",
-                "No order matches this link. Please use the link from your confirmation email, "
-                "or contact the shop.",
-            )
+            self.guard.remember_missing(session_id)
+            return _not_found(request)
         except (StripeApiError, SQLAlchemyError, OSError) as exc:
             log.warning("landing page unavailable: %s", type(exc).__name__)
             return render_problem(
@@ -163,3 +176,14 @@ class LandingPage:
                 "Your payment is safe. Please refresh this page in a minute.",
             )
         return render_record(request, record)
+
+
+def _not_found(request: Request) -> Response:
+    return render_problem(
+        request,
+        404,
+        "session_not_found",
+        "We could not find this order",
+        "No order matches this link. Please use the link from your confirmation email, "
+        "or contact the shop.",
+    )

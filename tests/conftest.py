@@ -260,6 +260,8 @@ def service_factory(
             "FULFILL_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "FULFILL_WORKER_INTERVAL": 0.1,
             "FULFILL_RECONCILE_INTERVAL": 0,
+            "FULFILL_LOOKUPS_PER_CLIENT": 100_000,
+            "FULFILL_LOOKUPS_PER_SECOND": 100_000,
             "FULFILL_RETRY_BASE": 0.2,
             **overrides,
         }

@@ -32,6 +32,8 @@ def service_env(
         "FULFILL_CATALOG": str(catalog),
         "FULFILL_WORKER_INTERVAL": "0.2",
         "FULFILL_RECONCILE_INTERVAL": "0",
+        "FULFILL_LOOKUPS_PER_CLIENT": "100000",
+        "FULFILL_LOOKUPS_PER_SECOND": "100000",
         "FULFILL_RETRY_BASE": "0.5",
         **extra,
     }
