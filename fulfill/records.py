@@ -16,8 +16,10 @@ from typing import Any
 from fulfill.catalog import LineItemFacts
 
 # Stripe's Checkout Session IDs: cs_test_/cs_live_ and letters and digits.
-# Checked before any ID reaches the API or a query (SPEC §10.4).
-SESSION_ID_RE = re.compile(r"^cs_(test|live)_[A-Za-z0-9]{1,250}$")
+# Checked before any ID reaches the API or a query (SPEC §10.4). Matched with
+# fullmatch: "$" also matches before a trailing newline, which would let
+# "cs_test_abc\n" (a landing URL ending in %0A) through to the API.
+SESSION_ID_RE = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
 
 # Session statuses of SPEC §5; "open" is only ever returned, never stored.
 AWAITING_PAYMENT = "awaiting_payment"
@@ -36,7 +38,7 @@ ITEM_FAILED = "failed"
 
 
 def valid_session_id(session_id: str) -> bool:
-    return bool(SESSION_ID_RE.match(session_id))
+    return SESSION_ID_RE.fullmatch(session_id) is not None
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -38,7 +38,7 @@ log = logging.getLogger("fulfill.webhooks")
 
 MAX_BODY = 1024 * 1024  # 1 MiB; Stripe's events are far smaller
 MAX_SIGNATURE_HEADER = 4096
-EVENT_ID_RE = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
+EVENT_ID_RE = re.compile(r"evt_[A-Za-z0-9_]{1,250}")  # fullmatch: "$" allows a final "\n"
 
 FULFILL = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 PAYMENT_FAILED = "checkout.session.async_payment_failed"
@@ -117,7 +117,7 @@ def parse_event(payload: bytes) -> Event:
     if not isinstance(body, dict) or body.get("object") != "event":
         raise WebhookError("The body is not a Stripe event")
     event_id, event_type, livemode = body.get("id"), body.get("type"), body.get("livemode")
-    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+    if not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id):
         raise WebhookError("The event has no valid id")
     if not isinstance(event_type, str) or not event_type or len(event_type) > 128:
         raise WebhookError("The event has no valid type")
