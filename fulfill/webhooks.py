@@ -114,6 +114,10 @@ def parse_event(payload: bytes) -> Event:
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise WebhookError("The body is not JSON") from None
+    except RecursionError:
+        # "[[[[…" nested a few thousand deep: no event looks like that, and the
+        # decoder's recursion limit must be a 400, not a 500 and a retry storm.
+        raise WebhookError("The body is nested too deeply to be an event") from None
     if not isinstance(body, dict) or body.get("object") != "event":
         raise WebhookError("The body is not a Stripe event")
     event_id, event_type, livemode = body.get("id"), body.get("type"), body.get("livemode")

@@ -52,3 +52,12 @@ def test_an_event_id_with_a_trailing_newline_is_refused() -> None:
     body = b'{"object": "event", "id": "evt_1\\n", "type": "x", "livemode": false}'
     with pytest.raises(WebhookError, match="no valid id"):
         parse_event(body)
+
+
+def test_deeply_nested_json_is_a_bad_event_not_a_crash() -> None:
+    # Past the signature check only with a valid secret, but then it was a
+    # RecursionError: a 500 that Stripe would retry for three days.
+    with pytest.raises(WebhookError, match="nested too deeply"):
+        parse_event(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(WebhookError, match="nested too deeply"):
+        parse_event(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
