@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from fulfill.errors import FulfillError
 from fulfill.store import Store
@@ -17,6 +18,15 @@ from fulfill.store.deliverables import SHIPMENT_STATUSES, Shipment
 T = TypeVar("T")
 
 err = Console(stderr=True)
+# Piped to grep or a file, output has no width to fit: tables keep every
+# session ID and error whole instead of cutting them to 80 columns.
+PIPED_WIDTH = 1000
+
+
+def stdout() -> Console:
+    """The console for what a command prints: the terminal's width, or wide when piped."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPED_WIDTH)
 
 
 class FulfillGroup(click.Group):
@@ -26,7 +36,9 @@ class FulfillGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FulfillError as exc:
-            err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+            # One line, however long, and the message as is: catalog errors
+            # quote TOML like [[product]], which is not console markup.
+            err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -197,20 +209,24 @@ def run(session_id: str, as_json: bool) -> None:
 
 
 def print_record(record: Any) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
+    from rich.text import Text
 
-    out = Console()
+    # Descriptions and errors come from Stripe and receivers: printed as
+    # text, never read as console markup.
+    out = stdout()
     out.print(
         f"[bold]{record.session_id}[/bold]  status [bold]{record.status}[/bold]  "
-        f"payment {record.payment_status}  attempts {record.attempts}"
+        f"payment {record.payment_status}  attempts {record.attempts}",
+        soft_wrap=True,
     )
     if record.last_error:
-        out.print(f"[red]last error:[/red] {record.last_error}", highlight=False)
-    table = Table("line item", "description", "qty", "action", "status")
+        out.print(f"[red]last error:[/red] {escape(record.last_error)}", highlight=False)
+    table = Table(Column("line item", no_wrap=True), "description", "qty", "action", "status")
     for item in record.items:
         table.add_row(
             item.line_item_id,
-            item.description or "",
+            Text(item.description or ""),
             str(item.quantity),
             item.action or "",
             item.status,

@@ -13,16 +13,17 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
-from fulfill.cli import _settings, main, print_record, read_store
+from fulfill.cli import _settings, main, print_record, read_store, stdout
 from fulfill.errors import FulfillError
 from fulfill.records import FAILED, STATUSES, FulfillmentRecord, iso
 from fulfill.service import Service
 
 T = TypeVar("T")
-out = Console()
 
 
 def with_service(work: Callable[[Service], Awaitable[T]]) -> T:
@@ -44,7 +45,16 @@ def echo_json(value: Any) -> None:
 
 
 def records_table(records: list[FulfillmentRecord]) -> Table:
-    table = Table("session", "status", "payment", "items", "attempts", "created", "last error")
+    # The session ID is what an operator copies into `fulfill show`: never cut.
+    table = Table(
+        Column("session", no_wrap=True),
+        "status",
+        "payment",
+        "items",
+        "attempts",
+        "created",
+        "last error",
+    )
     for record in records:
         done = sum(1 for item in record.items if item.status == "done")
         table.add_row(
@@ -54,7 +64,7 @@ def records_table(records: list[FulfillmentRecord]) -> Table:
             f"{done}/{len(record.items)}",
             str(record.attempts),
             iso(record.created_at) or "",
-            (record.last_error or "")[:60],
+            Text((record.last_error or "")[:60]),  # a receiver's words, not markup
         )
     return table
 
@@ -69,9 +79,9 @@ def list_records(status: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         echo_json([r.as_json() for r in records])
     elif not records:
-        out.print("no records" + (f" with status {status}" if status else ""))
+        stdout().print("no records" + (f" with status {status}" if status else ""))
     else:
-        out.print(records_table(records))
+        stdout().print(records_table(records))
 
 
 @main.command()
@@ -92,13 +102,16 @@ def show(session_id: str, as_json: bool) -> None:
         echo_json({**record.as_json(), "events": [_event(e) for e in events]})
         return
     print_record(record)
-    history = Table("received", "event", "type", "outcome", title="webhook events")
+    out = stdout()
+    history = Table(
+        "received", Column("event", no_wrap=True), "type", "outcome", title="webhook events"
+    )
     for event in events:
         history.add_row(
             iso(event["received_at"]) or "", event["event_id"], event["type"], event["outcome"]
         )
     out.print(history)
-    out.print("triggers: " + (", ".join(record.triggers) or "none"))
+    out.print("triggers: " + (", ".join(record.triggers) or "none"), highlight=False)
 
 
 def _event(row: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +151,9 @@ def retry(session_id: str | None, all_failed: bool, as_json: bool) -> None:
     if as_json:
         echo_json([r.as_json() for r in records])
     elif not records:
-        out.print("no failed records")
+        stdout().print("no failed records")
     else:
-        out.print(records_table(records))
+        stdout().print(records_table(records))
 
 
 @main.command()
@@ -189,6 +202,7 @@ def reconcile(since: str, dry_run: bool, restart: bool, rate: float | None, as_j
     if as_json:
         echo_json(summary.as_json())
         return
+    out = stdout()
     if summary.resumed:
         out.print(f"resumed the sweep started for sessions since {summary.as_json()['since']}")
     table = Table("result", "sessions", title=f"reconcile since {summary.as_json()['since']}")
@@ -198,7 +212,7 @@ def reconcile(since: str, dry_run: bool, restart: bool, rate: float | None, as_j
     table.add_row("list pages", str(summary.pages))
     out.print(table)
     for error in summary.errors[:20]:
-        out.print(f"[red]error[/red] {error}", highlight=False)
+        out.print(f"[red]error[/red] {escape(error)}", highlight=False)
     if summary.errors:
         raise SystemExit(1)
 
@@ -235,8 +249,10 @@ def check(as_json: bool) -> None:
                 finding["result"], "yellow"
             )
             table.add_row(
-                finding["what"], f"[{style}]{finding['result']}[/{style}]", finding["detail"]
+                Text(finding["what"]),
+                f"[{style}]{finding['result']}[/{style}]",
+                Text(finding["detail"]),
             )
-        out.print(table)
+        stdout().print(table)
     if failed:
         raise SystemExit(1)
