@@ -18,10 +18,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Column, Table
 from rich.text import Text
 
+from fulfill.catalog import Catalog, load_catalog
 from fulfill.cli import _settings, main, print_record, read_store, stdout
 from fulfill.errors import FulfillError
 from fulfill.records import FAILED, STATUSES, FulfillmentRecord, iso
 from fulfill.service import Service
+from fulfill.stripe_api import StripeApi
 
 T = TypeVar("T")
 
@@ -221,8 +223,6 @@ def reconcile(since: str, dry_run: bool, restart: bool, rate: float | None, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def check(as_json: bool) -> None:
     """Validate configuration and catalog; with a reachable API, check its prices and products."""
-    from fulfill.catalog import load_catalog
-
     settings = _settings()
     catalog = load_catalog(settings.catalog_path)
     findings: list[dict[str, str]] = [
@@ -238,7 +238,8 @@ def check(as_json: bool) -> None:
             {"what": "stripe", "result": "skipped", "detail": "STRIPE_SECRET_KEY not set"}
         )
     else:
-        findings += with_service(lambda service: service.stripe.check_catalog(service.catalog))
+        key = settings.stripe_secret_key.get_secret_value()
+        findings += asyncio.run(_check_stripe(key, settings.stripe_api_base, catalog))
     failed = [f for f in findings if f["result"] == "missing" or f["result"] == "error"]
     if as_json:
         echo_json({"ok": not failed, "findings": findings})
@@ -256,3 +257,13 @@ def check(as_json: bool) -> None:
         stdout().print(table)
     if failed:
         raise SystemExit(1)
+
+
+async def _check_stripe(key: str, api_base: str, catalog: Catalog) -> list[dict[str, str]]:
+    # The API alone: a check opens no database (let alone migrates one), so
+    # it runs anywhere the configuration is, before anything is deployed.
+    stripe = StripeApi(key, api_base)
+    try:
+        return await stripe.check_catalog(catalog)
+    finally:
+        await stripe.close()
