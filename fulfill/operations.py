@@ -19,9 +19,9 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from fulfill.catalog import Catalog, load_catalog
-from fulfill.cli import _settings, main, print_record, read_store, stdout
+from fulfill.cli import _settings, err, main, print_record, read_store, stdout
 from fulfill.errors import FulfillError
-from fulfill.records import FAILED, STATUSES, FulfillmentRecord, iso
+from fulfill.records import FAILED, FULFILLED, STATUSES, FulfillmentRecord, iso
 from fulfill.service import Service
 from fulfill.stripe_api import StripeApi
 
@@ -131,31 +131,51 @@ def _event(row: dict[str, Any]) -> dict[str, Any]:
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed record.")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting records as JSON.")
 def retry(session_id: str | None, all_failed: bool, as_json: bool) -> None:
-    """Retry a failed record now (SESSION_ID), or every failed one (--failed)."""
+    """Retry a failed record now (SESSION_ID), or every failed one (--failed).
+
+    Exits 1 when a record is still not fulfilled afterwards, so that a
+    script (or the operator's shell prompt) sees that the cause is not fixed.
+    """
     if bool(session_id) == all_failed:
         raise click.UsageError("give one SESSION_ID or --failed")
 
-    async def work(service: Service) -> list[FulfillmentRecord]:
-        ids = [session_id] if session_id else await service.store.session_ids(FAILED)
-        results = []
-        for sid in ids:
-            record = await service.store.get(sid)
+    async def work(service: Service) -> tuple[list[FulfillmentRecord], list[str]]:
+        if session_id:
+            record = await service.store.get(session_id)
             if record is None:
-                raise FulfillError(f"no record for {sid}; `fulfill run {sid}` reads it from Stripe")
+                raise FulfillError(
+                    f"no record for {session_id}; `fulfill run {session_id}` reads it from Stripe"
+                )
             if record.status != FAILED:
-                raise FulfillError(f"{sid} is {record.status}, not failed: nothing to retry")
-            results.append(
-                await service.engine.fulfill_checkout(sid, trigger="cli-retry", force=True)
-            )
-        return results
+                raise FulfillError(f"{session_id} is {record.status}, not failed: nothing to retry")
+            ids = [session_id]
+        else:
+            ids = await service.store.session_ids(FAILED)
+        results: list[FulfillmentRecord] = []
+        errors: list[str] = []
+        for sid in ids:
+            try:
+                results.append(
+                    await service.engine.fulfill_checkout(sid, trigger="cli-retry", force=True)
+                )
+            except FulfillError as exc:
+                if session_id:
+                    raise
+                # One session Stripe cannot answer for does not stop the others.
+                errors.append(f"{sid}: {exc.message}")
+        return results, errors
 
-    records = with_service(work)
+    records, errors = with_service(work)
     if as_json:
         echo_json([r.as_json() for r in records])
-    elif not records:
+    elif not records and not errors:
         stdout().print("no failed records")
-    else:
+    elif records:
         stdout().print(records_table(records))
+    for error in errors:
+        err.print(f"[red]error[/red] {escape(error)}", highlight=False, soft_wrap=True)
+    if errors or any(r.status != FULFILLED for r in records):
+        raise SystemExit(1)
 
 
 @main.command()
