@@ -208,6 +208,8 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
+        # No 307 from "/fulfillments/" to an absolute URL built from the Host header.
+        redirect_slashes=False,
         dependencies=[Security(BEARER)],
     )
     # The token is checked by TokenGate before routing and before any body is

@@ -202,6 +202,11 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         exception_handlers={FulfillError: fulfill_error},
         lifespan=lifespan,
     )
+    # Starlette answers "/shop/" with a 307 to "/shop" on an absolute URL
+    # built from the Host header: a forged Host turned POST /checkout/sessions/
+    # into a redirect, body and all, to any site. No path here has a second
+    # spelling, so there is nothing to redirect.
+    app.router.redirect_slashes = False
     return app
 
 

@@ -8,10 +8,116 @@ neither a write nor a call of the account's API capacity (SPEC §10.4, §10.6).
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from fulfill.cli import main
 from fulfill.records import valid_session_id
+from fulfill.store.schema import metadata
 from fulfill.webhooks import WebhookError, parse_event
+from tests.conftest import (
+    TEST_KEY,
+    WEBHOOK_SECRET,
+    EmulatorServer,
+    ServiceFactory,
+    ServiceServer,
+    hook_catalog,
+    table_rows,
+)
+
+TABLES = [*sorted(table.name for table in metadata.sorted_tables), "alembic_version"]
+OLD_SECRET = "whsec_rolled_out_but_still_honoured"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """Refusals are decided before the database: SQLite is enough (conftest's adds PostgreSQL)."""
+    return f"sqlite:///{tmp_path / 'fulfill.db'}"
+
+
+@dataclass
+class Unchanged:
+    """Every table and the emulator's API request count, to compare after hostile requests."""
+
+    database_url: str
+    shop: EmulatorServer
+    tables: dict[str, list[tuple[Any, ...]]]
+    api_calls: int
+
+    @classmethod
+    def capture(cls, service: ServiceServer) -> Unchanged:
+        return cls.of(service.settings.database_url, service.shop)
+
+    @classmethod
+    def of(cls, database_url: str, shop: EmulatorServer) -> Unchanged:
+        return cls(database_url, shop, _tables(database_url), _api_calls(shop))
+
+    def check(self, *, api: bool = True) -> None:
+        assert _tables(self.database_url) == self.tables, "a refused request changed the database"
+        if api:
+            assert _api_calls(self.shop) == self.api_calls, "a refused request cost an API call"
+
+
+def _tables(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: table_rows(database_url, name) for name in TABLES}
+
+
+def _api_calls(shop: EmulatorServer) -> int:
+    return int(shop.get("/_emulator/requests")["total"])
+
+
+def sign(payload: bytes, secret: str, timestamp: int, scheme: str = "v1") -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
+    return f"t={timestamp},{scheme}={digest.hexdigest()}"
+
+
+def event_body(
+    event_id: str,
+    event_type: str = "customer.created",
+    obj: dict[str, Any] | None = None,
+    **extra: Any,
+) -> bytes:
+    """A Stripe event; by default of a type the endpoint records and ignores (no API call)."""
+    body = {
+        "id": event_id,
+        "object": "event",
+        "type": event_type,
+        "livemode": False,
+        "created": int(time.time()),
+        "data": {"object": obj if obj is not None else {"object": "customer", "id": "cus_1"}},
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def completed(session_id: str, event_id: str = "evt_forged1", **extra: Any) -> bytes:
+    return event_body(
+        event_id,
+        "checkout.session.completed",
+        {"object": "checkout.session", "id": session_id},
+        **extra,
+    )
+
+
+def post_webhook(
+    service: ServiceServer, body: bytes | Any, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return service.client.post(
+        "/webhooks/stripe",
+        content=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
 
 # IDs that must never reach the API. Each is refused by the pattern itself.
 MALFORMED_IDS = [
@@ -61,3 +167,410 @@ def test_deeply_nested_json_is_a_bad_event_not_a_crash() -> None:
         parse_event(b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(WebhookError, match="nested too deeply"):
         parse_event(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
+
+
+# -- signatures on the real endpoint -----------------------------------------------------
+
+
+def test_forged_signatures_are_400_and_change_nothing(service_factory: ServiceFactory) -> None:
+    service = service_factory(
+        STRIPE_WEBHOOK_SECRET=f"{OLD_SECRET},{WEBHOOK_SECRET}", webhooks=False
+    )
+    session_id = service.paid_session()
+    payload = completed(session_id)
+    now = int(time.time())
+    good = sign(payload, WEBHOOK_SECRET, now)
+    digest = good.split("v1=")[1]
+    flipped = bytearray(payload)
+    flipped[len(flipped) // 2] ^= 0x01
+    cases: dict[str, tuple[bytes, dict[str, str]]] = {
+        "missing header": (payload, {}),
+        "empty header": (payload, {"Stripe-Signature": ""}),
+        "no v1": (payload, {"Stripe-Signature": f"t={now}"}),
+        "only v0": (payload, {"Stripe-Signature": sign(payload, WEBHOOK_SECRET, now, "v0")}),
+        "v1 under another name": (payload, {"Stripe-Signature": f"t={now},v2={digest}"}),
+        "no timestamp": (payload, {"Stripe-Signature": f"v1={digest}"}),
+        "two timestamps": (payload, {"Stripe-Signature": f"t={now},t={now},v1={digest}"}),
+        "upper-case hex": (payload, {"Stripe-Signature": f"t={now},v1={digest.upper()}"}),
+        "wrong secret": (payload, {"Stripe-Signature": sign(payload, "whsec_not_ours", now)}),
+        "the secret's name without whsec_": (
+            payload,
+            {"Stripe-Signature": sign(payload, WEBHOOK_SECRET.removeprefix("whsec_"), now)},
+        ),
+        "body changed by one bit": (bytes(flipped), {"Stripe-Signature": good}),
+        "body with a byte more": (payload + b" ", {"Stripe-Signature": good}),
+        "body a byte short": (payload[:-1], {"Stripe-Signature": good}),
+        "signed for another timestamp": (
+            payload,
+            {"Stripe-Signature": f"t={now + 1},v1={digest}"},
+        ),
+        "just outside the tolerance, past": (
+            payload,
+            {"Stripe-Signature": sign(payload, WEBHOOK_SECRET, now - 300 - 3)},
+        ),
+        "just outside the tolerance, future": (
+            payload,
+            {"Stripe-Signature": sign(payload, WEBHOOK_SECRET, now + 300 + 3)},
+        ),
+        "far future": (payload, {"Stripe-Signature": sign(payload, WEBHOOK_SECRET, 2**40)}),
+        "timestamp zero": (payload, {"Stripe-Signature": sign(payload, WEBHOOK_SECRET, 0)}),
+        "negative timestamp": (
+            payload,
+            {"Stripe-Signature": f"t=-{now},v1={digest}"},
+        ),
+        "10 KB header": (
+            payload,
+            {"Stripe-Signature": good + ",v1=" + "0" * 10_000},
+        ),
+        "10 KB of v1 entries around a valid one": (
+            payload,
+            {"Stripe-Signature": ",".join([good] + [f"v1={'0' * 64}"] * 150)},
+        ),
+    }
+    before = Unchanged.capture(service)
+    for name, (body, headers) in cases.items():
+        answer = post_webhook(service, body, headers)
+        assert answer.status_code == 400, (name, answer.text)
+        assert answer.json()["error"]["code"] == "invalid_signature", name
+    # Non-ASCII bytes in the header (httpx sends bytes as they are).
+    for raw in (good.encode() + b",v1=\xc3\xa9", b"t=\xd9\xa1\xd9\xa2,v1=" + digest.encode()):
+        answer = service.client.post(
+            "/webhooks/stripe",
+            content=payload,
+            headers=[(b"content-type", b"application/json"), (b"stripe-signature", raw)],
+        )
+        assert answer.status_code == 400, raw
+    before.check()
+
+
+def test_valid_signatures_by_any_configured_secret_and_among_others(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(
+        STRIPE_WEBHOOK_SECRET=f"{OLD_SECRET},{WEBHOOK_SECRET}", webhooks=False
+    )
+    now = int(time.time())
+    accepted: list[str] = []
+
+    def accept(event_id: str, header: str, body: bytes | None = None) -> None:
+        payload = body or event_body(event_id)
+        answer = post_webhook(service, payload, {"Stripe-Signature": header})
+        assert answer.status_code == 200, (event_id, answer.text)
+        assert answer.json() == {"received": True}
+        accepted.append(event_id)
+
+    for index, secret in enumerate((OLD_SECRET, WEBHOOK_SECRET)):
+        accept(f"evt_secret{index}", sign(event_body(f"evt_secret{index}"), secret, now))
+    several = event_body("evt_several")
+    valid = sign(several, WEBHOOK_SECRET, now).split(",")[1]
+    wrong = sign(several, "whsec_not_ours", now).split(",")[1]
+    header = f"t={now},v1={'0' * 64},{wrong},{valid},v0={'f' * 64}"
+    accept("evt_several", header, several)
+    # Just inside the tolerance, both ways (a few seconds' margin for the clocks).
+    for name, moment in (("evt_past", now - 300 + 3), ("evt_future", now + 300 - 3)):
+        accept(name, sign(event_body(name), WEBHOOK_SECRET, moment))
+    recorded = table_rows(service.settings.database_url, "webhook_events")
+    assert sorted(row[0] for row in recorded) == sorted(accepted)
+    assert {row[5] for row in recorded} == {"ignored"}
+    assert service.shop.get("/_emulator/requests")["total"] == 0
+
+
+def test_a_valid_delivery_replayed_after_the_tolerance_is_refused(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(webhooks=False)
+    session_id = service.paid_session()
+    payload = completed(session_id)
+    # Signed just inside the tolerance: accepted now, stale two seconds later.
+    header = sign(payload, WEBHOOK_SECRET, int(time.time()) - 299)
+    first = post_webhook(service, payload, {"Stripe-Signature": header})
+    assert first.status_code == 200, first.text
+    time.sleep(2.2)
+    before = Unchanged.capture(service)
+    replay = post_webhook(service, payload, {"Stripe-Signature": header})
+    assert replay.status_code == 400
+    assert replay.json()["error"]["code"] == "invalid_signature"
+    # A captured delivery that never reached us is refused the same way.
+    other = completed(session_id, "evt_captured")
+    captured = sign(other, WEBHOOK_SECRET, int(time.time()) - 301)
+    assert post_webhook(service, other, {"Stripe-Signature": captured}).status_code == 400
+    before.check()
+
+
+# -- bodies -------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def test_bad_bodies_are_refused_and_change_nothing(service_factory: ServiceFactory) -> None:
+    service = service_factory(webhooks=False)
+    session_id = service.paid_session()
+    live_id = "cs_live_" + session_id.removeprefix("cs_test_")
+    charge = {"object": "charge", "id": "ch_1"}
+    padding = b" " * (MIB - 2)
+    cases: dict[str, tuple[bytes, int, str]] = {
+        "empty": (b"", 400, "invalid_webhook"),
+        "whitespace": (b"   ", 400, "invalid_webhook"),
+        "invalid JSON": (b'{"id": "evt_1",', 400, "invalid_webhook"),
+        "not UTF-8": (b'{"id": "\xff\xfe"}', 400, "invalid_webhook"),
+        "exactly 1 MiB, not JSON": (b"{" + padding + b"x", 400, "invalid_webhook"),
+        "JSON null": (b"null", 400, "invalid_webhook"),
+        "JSON list": (b"[]", 400, "invalid_webhook"),
+        "JSON string": (b'"checkout.session.completed"', 400, "invalid_webhook"),
+        "an object that is not an event": (b'{"object": "charge", "id": "ch_1"}', 400, ""),
+        "an event without an id": (
+            json.dumps({"object": "event", "type": "x", "livemode": False}).encode(),
+            400,
+            "invalid_webhook",
+        ),
+        "an event id with a newline": (event_body("evt_1\n"), 400, "invalid_webhook"),
+        "an event id that is a path": (event_body("evt_../../x"), 400, "invalid_webhook"),
+        "livemode a string": (event_body("evt_mode", livemode="false"), 400, "invalid_webhook"),
+        "a live event for a test key": (
+            completed(live_id, "evt_live1", livemode=True),
+            400,
+            "livemode_mismatch",
+        ),
+        "a live event naming a test session": (
+            completed(session_id, "evt_live2", livemode=True),
+            400,
+            "livemode_mismatch",
+        ),
+        "completed, but data.object is a charge": (
+            event_body("evt_charge", "checkout.session.completed", charge),
+            400,
+            "invalid_webhook",
+        ),
+        "completed, with data.object missing": (
+            json.dumps(
+                {
+                    "id": "evt_nodata",
+                    "object": "event",
+                    "type": "checkout.session.completed",
+                    "livemode": False,
+                }
+            ).encode(),
+            400,
+            "invalid_webhook",
+        ),
+        "expired, with a session ID that is a path": (
+            event_body(
+                "evt_path",
+                "checkout.session.expired",
+                {"object": "checkout.session", "id": "cs_test_../../v1/customers"},
+            ),
+            400,
+            "invalid_webhook",
+        ),
+        "payment failed, with a session ID ending in a newline": (
+            event_body(
+                "evt_newline",
+                "checkout.session.async_payment_failed",
+                {"object": "checkout.session", "id": session_id + "\n"},
+            ),
+            400,
+            "invalid_webhook",
+        ),
+        "nested ten thousand deep": (b"[" * 10_000 + b"]" * 10_000, 400, "invalid_webhook"),
+    }
+    before = Unchanged.capture(service)
+    now = int(time.time())
+    for name, (body, status, code) in cases.items():
+        answer = post_webhook(service, body, {"Stripe-Signature": sign(body, WEBHOOK_SECRET, now)})
+        assert answer.status_code == status, (name, answer.text)
+        assert set(answer.json()["error"]) == {"code", "message"}, name
+        if code:
+            assert answer.json()["error"]["code"] == code, name
+    before.check()
+
+
+def test_a_body_over_1_mib_is_413_however_it_is_sent(service_factory: ServiceFactory) -> None:
+    service = service_factory(webhooks=False)
+    before = Unchanged.capture(service)
+    body = b"{" + b" " * MIB  # 1 MiB + 1
+    assert len(body) == MIB + 1
+    header = {"Stripe-Signature": sign(body, WEBHOOK_SECRET, int(time.time()))}
+    declared = post_webhook(service, body, header)
+    assert declared.status_code == 413
+    assert declared.json()["error"]["code"] == "payload_too_large"
+
+    def chunks() -> Any:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    # Chunked, with no Content-Length to refuse it by: counted as it arrives.
+    streamed = post_webhook(service, chunks(), header)
+    assert streamed.status_code == 413
+    before.check()
+
+
+# -- session IDs: landing page, admin API, command line ------------------------------------
+
+ADMIN_TOKEN = "admin-token-for-security-tests-0123456789"
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+LIVE_ID = "cs_live_a1B2c3D4e5F6g7H8i9J0"
+
+
+def test_the_landing_page_refuses_malformed_ids_before_any_api_call(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(webhooks=False)
+    before = Unchanged.capture(service)
+    for param in MALFORMED_IDS:
+        (session_id,) = param.values
+        url = f"/checkout/complete?session_id={quote(str(session_id), safe='')}"
+        as_json = service.client.get(url, headers={"Accept": "application/json"})
+        assert as_json.status_code == 400, param.id
+        assert as_json.json()["error"]["code"] == "invalid_session_id", param.id
+        page = service.client.get(url, headers={"Accept": "text/html"})
+        assert page.status_code == 400, param.id
+        assert "This link is not valid" in page.text
+        assert page.headers["cache-control"] == "no-store"
+    before.check()
+
+
+def test_the_landing_page_refuses_raw_injection_and_live_ids_before_any_api_call(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(webhooks=False)
+    before = Unchanged.capture(service)
+    for raw in (
+        "session_id=cs_test_abc%2Fdef",
+        "session_id=cs_test_abc%2F..%2F..%2Fv1%2Fcustomers",
+        "session_id=cs_test_abc%3Fexpand%5B%5D%3Dcustomer",
+        "session_id=cs_test_abc%0A",
+        "session_id=cs_test_abc%00",
+        "session_id=cs_test_%D0%B0bc",  # a Cyrillic a
+        "session_id=",
+        "session_id",
+        "",
+        "session_id[]=cs_test_abc",
+    ):
+        answer = service.client.get(
+            f"/checkout/complete?{raw}", headers={"Accept": "application/json"}
+        )
+        assert answer.status_code == 400, raw
+        assert answer.json()["error"]["code"] == "invalid_session_id", raw
+    live = service.landing(LIVE_ID)
+    assert live.status_code == 400
+    assert live.json()["error"]["code"] == "livemode_mismatch"
+    before.check()
+
+
+def test_the_admin_api_refuses_malformed_ids_before_any_api_call(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(FULFILL_ADMIN_TOKEN=ADMIN_TOKEN, webhooks=False)
+    before = Unchanged.capture(service)
+    # A "/" (even encoded: the path is decoded before routing) or a newline
+    # leaves the route; anything else reaches the handler's check.
+    leaves_the_route = {"traversal", "slash", "trailing-newline", "crlf", "empty"}
+    for param in MALFORMED_IDS:
+        (session_id,) = param.values
+        path = f"/api/fulfillments/{quote(str(session_id), safe='')}"
+        expected = (404, "") if param.id in leaves_the_route else (400, "invalid_session_id")
+        for method, url in (("GET", path), ("POST", f"{path}/retry")):
+            answer = service.client.request(method, url, headers=BEARER)
+            assert answer.status_code == expected[0], (param.id, method, answer.text)
+            if expected[1]:
+                assert answer.json()["error"]["code"] == expected[1], (param.id, method)
+    for raw in (
+        "/api/fulfillments/cs_test_../../v1/customers",
+        "/api/fulfillments/cs_test_abc%2F..%2F..%2Fv1%2Fcustomers/retry",
+        "/api/fulfillments/..%2F..%2Fv1%2Fcustomers",
+    ):
+        assert service.client.get(raw, headers=BEARER).status_code == 404, raw
+        assert service.client.post(raw, headers=BEARER).status_code in (404, 405), raw
+    # A live session with a test key: there is no such record, and nothing asks Stripe.
+    for method, url in (
+        ("GET", f"/api/fulfillments/{LIVE_ID}"),
+        ("POST", f"/api/fulfillments/{LIVE_ID}/retry"),
+    ):
+        answer = service.client.request(method, url, headers=BEARER)
+        assert answer.status_code == 404, (method, answer.text)
+        assert answer.json()["error"]["code"] == "not_found"
+    before.check()
+
+
+def cli_env(tmp_path: Path, shop: EmulatorServer, database_url: str) -> dict[str, str]:
+    catalog = tmp_path / "cli-catalog.toml"
+    catalog.write_text(hook_catalog("http://127.0.0.1:9/hook"))
+    return {
+        "STRIPE_SECRET_KEY": TEST_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": shop.url,
+        "FULFILL_DATABASE_URL": database_url,
+        "FULFILL_CATALOG": str(catalog),
+    }
+
+
+def test_the_cli_refuses_malformed_ids_before_any_api_call(
+    tmp_path: Path, emulator_server: EmulatorServer, database_url: str
+) -> None:
+    env = cli_env(tmp_path, emulator_server, database_url)
+    assert CliRunner().invoke(main, ["migrate"], env=env).exit_code == 0
+    before = Unchanged.of(database_url, emulator_server)
+    # "" is left out: click reads an empty argument as a missing one (a usage error).
+    for session_id in [p.values[0] for p in MALFORMED_IDS if p.values[0]] + [LIVE_ID]:
+        run = CliRunner().invoke(main, ["run", str(session_id)], env=env)
+        assert run.exit_code == 2, run.output
+        assert "Traceback" not in run.output
+        if session_id == LIVE_ID:
+            assert "cannot be fulfilled with a test mode key" in run.output
+        else:
+            assert "not a Checkout Session ID" in run.output
+        for command in ("show", "retry"):
+            result = CliRunner().invoke(main, [command, str(session_id)], env=env)
+            assert result.exit_code == 2, (command, result.output)
+            assert "Traceback" not in result.output
+    before.check()
+
+
+# -- redirects ------------------------------------------------------------------------------
+
+FORGED_HOST = {
+    "Host": "evil.example",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Prefix": "//evil.example",
+    "Forwarded": "host=evil.example;proto=https",
+    "X-Original-URL": "https://evil.example/",
+    "Referer": "https://evil.example/",
+    "Origin": "https://evil.example",
+}
+EVIL_FIELDS = {
+    "success_url": "https://evil.example/steal?session_id={CHECKOUT_SESSION_ID}",
+    "cancel_url": "https://evil.example/",
+    "return_url": "https://evil.example/",
+    "url": "https://evil.example/",
+    "redirect": "https://evil.example/",
+    "redirect_to": "//evil.example",
+    "next": "//evil.example/%2F..",
+    "location": "https://evil.example/",
+}
+
+
+def test_slash_variants_are_not_redirected_to_the_host_header(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(FULFILL_ADMIN_TOKEN=ADMIN_TOKEN, webhooks=False)
+    before = Unchanged.capture(service)
+    for method, path in (
+        ("POST", "/checkout/sessions/"),
+        ("POST", "/webhooks/stripe/"),
+        ("GET", "/shop/"),
+        ("GET", "/checkout/complete/"),
+        ("GET", "/api/fulfillments/"),
+    ):
+        answer = service.client.request(
+            method,
+            path,
+            headers={**FORGED_HOST, **BEARER},
+            data={"price": "price_x"} if method == "POST" else None,
+            follow_redirects=False,
+        )
+        assert answer.status_code in (404, 405), (path, answer.status_code)
+        assert "location" not in answer.headers, path
+    home = service.client.get("/", headers=FORGED_HOST, follow_redirects=False)
+    assert (home.status_code, home.headers["location"]) == (303, "/shop")
+    before.check()
