@@ -131,15 +131,21 @@ def _settings(**overrides: Any) -> Any:
 def serve(host: str, port: int, workers: int) -> None:
     """Run the service (webhook endpoint, landing page, background worker)."""
     import asyncio
-    import logging
+    import logging.config
 
     import uvicorn
 
+    from fulfill import logs
     from fulfill.app import create_app
     from fulfill.service import Service
 
     settings = _settings()
     settings.require_stripe()
+    # JSON lines (with session_id and event_id) when stderr is not a terminal.
+    # uvicorn applies the same configuration in each worker process, and must
+    # not replace it with its own.
+    log_config = logs.logging_config()
+    logging.config.dictConfig(log_config)
 
     # Fail before binding the port: a bad catalog or database must stop the
     # start, with its one clear line, not the first payment.
@@ -148,7 +154,6 @@ def serve(host: str, port: int, workers: int) -> None:
         await service.close()
 
     asyncio.run(preflight())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if workers > 1:
         uvicorn.run(
             "fulfill.app:create_app_from_env",
@@ -158,10 +163,16 @@ def serve(host: str, port: int, workers: int) -> None:
             workers=workers,
             access_log=False,
             log_level="warning",
+            log_config=log_config,
         )
     else:
         uvicorn.run(
-            create_app(settings), host=host, port=port, access_log=False, log_level="warning"
+            create_app(settings),
+            host=host,
+            port=port,
+            access_log=False,
+            log_level="warning",
+            log_config=log_config,
         )
 
 

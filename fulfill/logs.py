@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import logging.config
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from pythonjsonlogger.json import JsonFormatter
+from typing import Any
 
 session_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 event_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_id", default=None)
@@ -45,6 +45,20 @@ def bound(*, session_id: str | None = None, event_id: str | None = None) -> Iter
             var.reset(token)
 
 
+class MigrationChatter(logging.Filter):
+    """Drops the two lines alembic logs each time it looks at the schema.
+
+    ``/readyz`` asks whether a migration is pending, so every probe of a load
+    balancer logged "Context impl …" and "Will assume … DDL"; the lines that
+    say a migration ran ("Running upgrade …") stay.
+    """
+
+    CHATTER = ("Context impl %s.", "Will assume %s DDL.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.CHATTER
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -56,24 +70,58 @@ class TextFormatter(logging.Formatter):
         return f"{line}  [{context}]" if context else line
 
 
-def configure(level: int = logging.INFO, *, json_lines: bool | None = None) -> None:
-    """Log to stderr: JSON lines when it is not a terminal (or when asked), text otherwise."""
+# Chatty below WARNING, and nothing an operator needs: every HTTP request of
+# the Stripe client (with full session IDs in its URLs), uvicorn's access log
+# (the service writes its own, with IDs cut short).
+QUIET = ("httpx", "httpcore", "stripe", "uvicorn.access")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def logging_config(level: int = logging.INFO, *, json_lines: bool | None = None) -> dict[str, Any]:
+    """What ``configure`` applies, as a ``logging.config.dictConfig`` dictionary.
+
+    ``serve`` gives it to uvicorn as ``log_config`` too: uvicorn applies it in
+    every worker process, which ``--workers N`` starts as fresh interpreters
+    that inherit no handler from the parent. Decided once, in the parent:
+    JSON lines when stderr is not a terminal (or when asked), text otherwise.
+    """
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ContextFilter())
-    if json_lines:
-        handler.setFormatter(
-            JsonFormatter(
-                "{asctime}{levelname}{name}{message}{session_id}{event_id}",
-                style="{",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            )
-        )
-    else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "stripe", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    formatter: dict[str, Any] = (
+        {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "{asctime}{levelname}{name}{message}{session_id}{event_id}",
+            "style": "{",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+        if json_lines
+        else {"()": "fulfill.logs.TextFormatter", "fmt": TEXT_FORMAT}
+    )
+    return {
+        "version": 1,
+        # Loggers made at import (fulfill.engine, …) must keep logging.
+        "disable_existing_loggers": False,
+        "filters": {
+            "context": {"()": "fulfill.logs.ContextFilter"},
+            "migration_chatter": {"()": "fulfill.logs.MigrationChatter"},
+        },
+        "formatters": {"fulfill": formatter},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "filters": ["context"],
+                "formatter": "fulfill",
+            }
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            **{name: {"level": logging.WARNING} for name in QUIET},
+            "alembic.runtime.migration": {"filters": ["migration_chatter"]},
+        },
+    }
+
+
+def configure(level: int = logging.INFO, *, json_lines: bool | None = None) -> None:
+    """Log to stderr: JSON lines when it is not a terminal (or when asked), text otherwise."""
+    logging.config.dictConfig(logging_config(level, json_lines=json_lines))

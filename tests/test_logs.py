@@ -1,0 +1,143 @@
+"""Logs of a real `fulfill serve`: JSON lines that tell a session's story and keep its secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import HOOK_METADATA, HOOK_SECRET, EmulatorServer, hook_catalog
+from tests.processes import Instance, start_instance
+from tests.servers import Receiver
+
+SECRET_KEY = "sk_test_LogsMustNeverShowThisKey0123"
+WEBHOOK_SECRET = "whsec_LogsMustNeverShowThisSecret0123"
+ADMIN_TOKEN = "admin-token-LogsMustNeverShowThis0123"
+SECRETS = (SECRET_KEY, WEBHOOK_SECRET, ADMIN_TOKEN, HOOK_SECRET)
+
+
+def landing(instance: Instance, session_id: str) -> dict[str, Any]:
+    answer = httpx.get(
+        f"{instance.url}/checkout/complete",
+        params={"session_id": session_id},
+        headers={"Accept": "application/json"},
+        timeout=30,
+    )
+    record: dict[str, Any] = answer.json()
+    return record
+
+
+def wait_for(instance: Instance, session_id: str, status: str) -> dict[str, Any]:
+    for _ in range(300):
+        record = landing(instance, session_id)
+        if record["status"] == status:
+            return record
+    raise AssertionError(f"{session_id} did not reach {status}")
+
+
+def paid(shop: EmulatorServer) -> str:
+    session = shop.session([(shop.price(product_metadata=HOOK_METADATA), 1)])
+    shop.complete(session.id)
+    return str(session.id)
+
+
+def test_serve_logs_json_lines_with_session_and_event_and_no_secret(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(hook_catalog(receiver.url))
+    log = tmp_path / "serve.log"
+    instance = start_instance(
+        {
+            "STRIPE_SECRET_KEY": SECRET_KEY,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "STRIPE_API_BASE": shop.url,
+            "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'fulfill.db'}",
+            "FULFILL_CATALOG": str(catalog),
+            "FULFILL_ADMIN_TOKEN": ADMIN_TOKEN,
+            "FULFILL_MAX_ATTEMPTS": "1",
+            "FULFILL_RECONCILE_INTERVAL": "0",
+        },
+        log,
+    )
+    try:
+        shop.post(
+            "/_emulator/webhook_endpoints",
+            {"url": f"{instance.url}/webhooks/stripe", "secret": WEBHOOK_SECRET},
+        )
+        # By webhook: fulfilled, then one that fails (its receiver answers 500).
+        by_webhook = paid(shop)
+        record = wait_for(instance, by_webhook, "fulfilled")
+        (event_id,) = [t.split(":", 1)[1] for t in record["triggers"] if t.startswith("webhook:")]
+        receiver.failures = 1000
+        failing = paid(shop)
+        failed = wait_for(instance, failing, "failed")
+        (failed_event,) = [
+            t.split(":", 1)[1] for t in failed["triggers"] if t.startswith("webhook:")
+        ]
+        receiver.failures = 0
+        # By the landing page alone: no event.
+        shop.post("/_emulator/webhooks", {"mode": "off"})
+        by_landing = paid(shop)
+        wait_for(instance, by_landing, "fulfilled")
+        # A forged delivery, and the admin API with its token.
+        forged = httpx.post(
+            f"{instance.url}/webhooks/stripe",
+            content=b'{"id": "evt_forged"}',
+            headers={"Stripe-Signature": "t=1,v1=00"},
+        )
+        assert forged.status_code == 400
+        admin = httpx.get(
+            f"{instance.url}/api/fulfillments/{by_webhook}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert admin.status_code == 200
+        # A load balancer's probes: each looks for pending migrations.
+        for _ in range(5):
+            assert httpx.get(f"{instance.url}/readyz").status_code == 200
+    finally:
+        instance.stop()
+
+    text = log.read_text()
+    for secret in SECRETS:
+        assert secret not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert lines, "serve logged nothing"
+    for line in lines:
+        assert {"time", "level", "logger", "message", "session_id", "event_id"} <= set(line)
+
+    def about(session_id: str) -> list[dict[str, Any]]:
+        return [line for line in lines if line["session_id"] == session_id]
+
+    # Migrations say what they applied, once; probes add no alembic line.
+    migrations = [line["message"] for line in lines if line["logger"].startswith("alembic")]
+    assert migrations
+    assert all(message.startswith("Running upgrade") for message in migrations)
+
+    # Inside a webhook's fulfillment: the session and the event on every line.
+    (done,) = [line for line in about(by_webhook) if line["message"] == "fulfilled"]
+    assert done["logger"] == "fulfill.engine"
+    assert done["event_id"] == event_id
+    failure = [line for line in about(failing) if line["level"] == "WARNING"]
+    assert failure
+    assert {line["event_id"] for line in failure} == {failed_event}
+    assert any("answered 500" in line["message"] for line in failure)
+    # A landing page's fulfillment: the session, and no event.
+    (quiet,) = [line for line in about(by_landing) if line["message"] == "fulfilled"]
+    assert quiet["event_id"] is None
+    assert [line for line in lines if "refused a webhook delivery" in line["message"]]
+
+    # Access lines carry no full session ID, anywhere in the line.
+    access = [line for line in lines if line["logger"] == "fulfill.access"]
+    landing_lines = [line for line in access if "/checkout/complete" in line["message"]]
+    assert landing_lines
+    admin_lines = [line for line in access if "/api/fulfillments/" in line["message"]]
+    assert admin_lines
+    for line in access:
+        assert line["session_id"] is None
+        for session_id in (by_webhook, failing, by_landing):
+            assert session_id not in json.dumps(line)
+    assert any(f"session_id={by_landing[:14]}…" in line["message"] for line in landing_lines)
