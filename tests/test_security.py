@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,18 @@ from urllib.parse import quote
 import httpx
 import pytest
 from click.testing import CliRunner
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from fulfill.actions.download import DownloadClaim, make_token, signing_key
 from fulfill.cli import main
 from fulfill.records import valid_session_id
 from fulfill.store.schema import metadata
 from fulfill.webhooks import WebhookError, parse_event
 from tests.conftest import (
+    HOOK_SECRET,
     TEST_KEY,
     WEBHOOK_SECRET,
     EmulatorServer,
@@ -34,6 +41,8 @@ from tests.conftest import (
     hook_catalog,
     table_rows,
 )
+from tests.servers import serve_in_thread
+from tests.test_engine import wait_status
 
 TABLES = [*sorted(table.name for table in metadata.sorted_tables), "alembic_version"]
 OLD_SECRET = "whsec_rolled_out_but_still_honoured"
@@ -573,4 +582,300 @@ def test_slash_variants_are_not_redirected_to_the_host_header(
         assert "location" not in answer.headers, path
     home = service.client.get("/", headers=FORGED_HOST, follow_redirects=False)
     assert (home.status_code, home.headers["location"]) == (303, "/shop")
+    before.check()
+
+
+def shop_with(
+    service_factory: ServiceFactory, shop: EmulatorServer, hook_url: str, **overrides: Any
+) -> tuple[ServiceServer, str]:
+    """A service whose shop sells one price (its product named and described with markup)."""
+    client = shop.stripe()
+    product = client.v1.products.create(
+        {"name": XSS, "description": XSS, "metadata": {"fulfill": "hook", "xss": XSS}}
+    )
+    price = client.v1.prices.create(
+        {"currency": "eur", "unit_amount": 1900, "product": product.id, "metadata": {"x": XSS}}
+    )
+    catalog = f"""
+[[product]]
+name = "{XSS_TOML}"
+match = {{ price = "{price.id}" }}
+action = "webhook"
+url = "{hook_url}"
+secret = "{HOOK_SECRET}"
+"""
+    return service_factory(catalog, **overrides), price.id
+
+
+def created_sessions(service: ServiceServer) -> list[dict[str, Any]]:
+    return list(service.shop.emulator.state.sessions.values())
+
+
+def test_the_checkout_redirect_is_only_ever_the_url_stripe_returned(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, evil_receiver: str
+) -> None:
+    service, price = shop_with(service_factory, emulator_server, evil_receiver)
+    public = service.settings.public_url
+    form = service.client.post(
+        "/checkout/sessions",
+        data={"price": price, **EVIL_FIELDS},
+        headers=FORGED_HOST,
+        follow_redirects=False,
+    )
+    as_json = service.client.post(
+        "/checkout/sessions",
+        json={"price": price, "quantity": 1, **EVIL_FIELDS},
+        headers=FORGED_HOST,
+        follow_redirects=False,
+    )
+    sessions = created_sessions(service)
+    assert len(sessions) == 2
+    for answer, session in zip((form, as_json), sessions, strict=True):
+        assert answer.status_code == 303
+        assert answer.headers["location"] == session["url"]
+        assert session["url"] == f"{emulator_server.url}/c/pay/{session['id']}"
+        assert session["success_url"] == (
+            f"{public}/checkout/complete?session_id={{CHECKOUT_SESSION_ID}}"
+        )
+        assert session["cancel_url"] == f"{public}/shop?cancelled=1"
+        assert "evil" not in json.dumps(session)
+    assert as_json.json() == {"id": sessions[1]["id"], "url": sessions[1]["url"]}
+
+
+def test_refused_orders_redirect_nowhere_and_cost_no_session(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, evil_receiver: str
+) -> None:
+    service, price = shop_with(service_factory, emulator_server, evil_receiver)
+    assert service.client.get("/shop").status_code == 200  # the offers, read once
+    before = Unchanged.capture(service)
+    for fields in (
+        {"price": "price_not_sold_here", "success_url": "https://evil.example/"},
+        {"price": XSS},
+        {"price": price, "quantity": "0", "next": "https://evil.example/"},
+        {"success_url": "https://evil.example/"},
+    ):
+        answer = service.client.post(
+            "/checkout/sessions", data=fields, headers=FORGED_HOST, follow_redirects=False
+        )
+        assert answer.status_code == 400, fields
+        assert "location" not in answer.headers
+        assert "evil.example" not in answer.text
+        assert XSS not in answer.text
+    before.check()
+
+
+# -- markup in everything a page shows -------------------------------------------------------
+
+XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+NO_SLASH = XSS.replace("/", "")  # one path segment
+XSS_TOML = XSS.replace('"', '\\"')
+JS_URLS = (
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    " javascript:alert(1)",
+    "java\tscript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:msgbox(1)",
+    "//evil.example/x",
+)
+
+
+@pytest.fixture
+def evil_receiver() -> Iterator[str]:
+    """A merchant system whose answer is all markup and script links."""
+
+    async def hook(request: Request) -> Response:
+        await request.body()
+        links = [{"label": XSS, "url": url} for url in JS_URLS]
+        links.append({"label": XSS, "url": 'https://ok.example/x"onmouseover="alert(1)'})
+        return JSONResponse({"message": XSS, "links": links})
+
+    with serve_in_thread(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        yield f"{url}/hook"
+
+
+def assert_inert(html: str) -> None:
+    """Nothing from the attacker is markup or a script link on the page."""
+    assert "<script>alert" not in html
+    assert "<img src=x" not in html
+    assert "onerror=alert" not in html.replace("onerror=alert(1)&gt;", "")
+    lowered = html.lower()
+    for scheme in ("javascript:", "vbscript:", "data:text/html", "java\tscript:"):
+        assert scheme not in lowered, scheme
+    assert 'href="//evil' not in html
+    assert '"onmouseover' not in html
+
+
+def test_markup_from_stripe_the_catalog_and_receivers_is_inert_on_every_page(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, evil_receiver: str
+) -> None:
+    service, price = shop_with(service_factory, emulator_server, evil_receiver)
+    shop_page = service.client.get("/shop")
+    assert shop_page.status_code == 200
+    assert_inert(shop_page.text)
+    assert shop_page.text.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") >= 2
+
+    session = emulator_server.session(
+        [(price, 1)],
+        metadata={"note": XSS},
+        client_reference_id="ref_1",
+        shipping_address_collection={"allowed_countries": ["DE"]},
+    )
+    address = {"line1": XSS, "line2": XSS, "city": XSS, "postal_code": XSS, "country": "DE"}
+    emulator_server.complete(
+        session.id,
+        email=f"{XSS}@example.com",
+        name=XSS,
+        shipping={"name": XSS, "address": address},
+    )
+    record = wait_status(service, session.id, "fulfilled")
+    (item,) = record["items"]
+    # Only the one http(s) link survives into the record, as the receiver wrote it.
+    assert [link["url"] for link in item["result"]["links"]] == [
+        'https://ok.example/x"onmouseover="alert(1)'
+    ]
+    page = service.landing(session.id, as_json=False)
+    assert page.status_code == 200
+    assert_inert(page.text)
+    escaped = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+    # The item's name, the receiver's message and link label, the email, the address.
+    assert page.text.count(escaped) >= 7
+    assert 'href="https://ok.example/x&#34;onmouseover=&#34;alert(1)"' in page.text
+    as_json = service.landing(session.id)
+    assert as_json.headers["content-type"] == "application/json"
+
+    # Problem pages and download error pages never echo what was asked.
+    for url, status in (
+        (f"/checkout/complete?session_id={quote(XSS)}", 400),
+        (f"/checkout/complete?session_id=cs_test_{quote(XSS)}", 400),
+        (f"/downloads/{quote(NO_SLASH, safe='')}", 403),
+        (f"/downloads/{quote(NO_SLASH, safe='')}.{quote(NO_SLASH, safe='')}", 403),
+    ):
+        problem = service.client.get(url, headers={"Accept": "text/html"})
+        assert problem.status_code == status, url
+        assert problem.headers["content-type"].startswith("text/html")
+        assert_inert(problem.text)
+    # With a "/" it is no download path at all: the router's plain 404.
+    unrouted = service.client.get(f"/downloads/{quote(XSS, safe='')}")
+    assert unrouted.status_code == 404
+    assert_inert(unrouted.text)
+    order = service.client.post("/checkout/sessions", data={"price": XSS})
+    assert order.status_code == 400
+    assert_inert(order.text)
+
+
+# -- the admin API's token ----------------------------------------------------------------
+
+ADMIN_CALLS = (
+    ("GET", "/api/fulfillments", None),
+    ("GET", "/api/fulfillments/cs_test_a1B2c3", None),
+    ("POST", "/api/fulfillments/cs_test_a1B2c3/retry", None),
+    ("POST", "/api/reconcile", {"since": "72h"}),
+    ("GET", "/api/openapi.json", None),
+)
+
+
+def test_the_admin_api_without_the_token_is_refused_and_changes_nothing(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(FULFILL_ADMIN_TOKEN=ADMIN_TOKEN, webhooks=False)
+    before = Unchanged.capture(service)
+    wrong: list[dict[str, str]] = [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"},
+        {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+        {"Authorization": f"Bearer {ADMIN_TOKEN.upper()}"},
+        {"Authorization": f"Basic {ADMIN_TOKEN}"},
+        {"Authorization": ADMIN_TOKEN},
+        {"Authorization": f"Bearer {'x' * 10_000}"},
+        {"X-Admin-Token": ADMIN_TOKEN},
+        {"Cookie": f"token={ADMIN_TOKEN}"},
+    ]
+    for headers in wrong:
+        for method, path, body in ADMIN_CALLS:
+            answer = service.client.request(method, path, headers=headers, json=body)
+            assert answer.status_code == 401, (headers, path, answer.text)
+            assert answer.json()["error"]["code"] == "unauthorized"
+            assert answer.headers["www-authenticate"] == "Bearer"
+    in_query = service.client.get("/api/fulfillments", params={"token": ADMIN_TOKEN})
+    assert in_query.status_code == 401
+    non_ascii = service.client.get(
+        "/api/fulfillments", headers=[(b"authorization", b"Bearer t\xc3\xb6ken")]
+    )
+    assert non_ascii.status_code == 401
+    before.check()
+
+
+def test_the_admin_api_is_absent_without_a_configured_token(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(webhooks=False)
+    before = Unchanged.capture(service)
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer anything"}):
+        for method, path, body in ADMIN_CALLS:
+            answer = service.client.request(method, path, headers=headers, json=body)
+            assert answer.status_code == 404, (headers, path, answer.text)
+    before.check()
+
+
+# -- download links -------------------------------------------------------------------------
+
+
+def test_tampered_expired_and_foreign_download_links_are_refused(
+    service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "book.pdf").write_bytes(b"%PDF-1.4 the book")
+    catalog = """
+[[product]]
+name = "Book"
+match = { metadata = { fulfill = "book" } }
+action = "download"
+file = "files/book.pdf"
+link_ttl = "7d"
+"""
+    service = service_factory(catalog)
+    price = service.shop.price("Book", product_metadata={"fulfill": "book"})
+    session_id = service.paid_session([(price, 1)])
+    record = wait_status(service, session_id, "fulfilled")
+    url = record["items"][0]["result"]["links"][0]["url"]
+    token = url.rsplit("/downloads/", 1)[1]
+    assert service.client.get(f"/downloads/{token}").content == b"%PDF-1.4 the book"
+    payload, signature = token.split(".")
+    line_item = record["items"][0]["line_item_id"]
+    key = signing_key(TEST_KEY)  # the service's: FULFILL_SIGNING_KEY is not set
+    other = "cs_test_" + "b" * 58  # another customer's order
+    claim = DownloadClaim(session_id, line_item, "book.pdf", int(time.time()) + 3600)
+    before = Unchanged.capture(service)
+
+    def refused(path_token: str, status: int) -> None:
+        answer = service.client.get(f"/downloads/{path_token}")
+        assert answer.status_code == status, (path_token[:40], answer.status_code)
+        assert answer.headers["cache-control"] == "no-store"
+        assert b"%PDF" not in answer.content
+
+    flipped = payload[:5] + ("A" if payload[5] != "A" else "B") + payload[6:]
+    refused(f"{flipped}.{signature}", 403)
+    refused(f"{payload}.{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}", 403)
+    refused(f"{payload}.", 403)
+    refused(f"{payload}.{signature}.{signature}", 403)
+    refused(payload, 403)
+    # Genuine but expired: 410; re-dated without the key: 403.
+    expired = DownloadClaim(session_id, line_item, "book.pdf", int(time.time()) - 1)
+    refused(make_token(key, expired), 410)
+    later = make_token(key, DownloadClaim(session_id, line_item, "book.pdf", 2**40))
+    refused(later.split(".")[0] + "." + signature, 403)
+    # Another session's, or another item's, with this link's signature: 403.
+    for foreign in (
+        DownloadClaim(other, line_item, "book.pdf", claim.expires),
+        DownloadClaim(session_id, "li_someone_elses", "book.pdf", claim.expires),
+        DownloadClaim(session_id, line_item, "../../catalog.toml", claim.expires),
+    ):
+        refused(make_token(key, foreign).split(".")[0] + "." + signature, 403)
+        refused(make_token(signing_key("not this service's key, 32+ chars"), foreign), 403)
+        # Signed with the service's own key, but never granted: 404.
+        refused(make_token(key, foreign), 404)
     before.check()
