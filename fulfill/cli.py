@@ -132,6 +132,9 @@ def serve(host: str, port: int, workers: int) -> None:
     """Run the service (webhook endpoint, landing page, background worker)."""
     import asyncio
     import logging.config
+    import os
+    import shutil
+    import tempfile
 
     import uvicorn
 
@@ -155,16 +158,28 @@ def serve(host: str, port: int, workers: int) -> None:
 
     asyncio.run(preflight())
     if workers > 1:
-        uvicorn.run(
-            "fulfill.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            access_log=False,
-            log_level="warning",
-            log_config=log_config,
-        )
+        metrics_dir = None
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Each worker counts in its own files there, and /metrics adds up
+            # every worker's: a scrape lands on one process but sees the host.
+            # Set before the workers start: they read it when they import
+            # prometheus_client.
+            metrics_dir = tempfile.mkdtemp(prefix="fulfill-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            uvicorn.run(
+                "fulfill.app:create_app_from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                access_log=False,
+                log_level="warning",
+                log_config=log_config,
+            )
+        finally:
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         uvicorn.run(
             create_app(settings),
