@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request, Security
+from fastapi import FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
@@ -38,6 +38,18 @@ Status = Literal[
     "pending", "awaiting_payment", "fulfilling", "fulfilled", "failed", "payment_failed", "expired"
 ]
 assert set(Status.__args__) == set(STATUSES)  # type: ignore[attr-defined]
+
+
+# The schema says what a session ID looks like, so that clients (and the
+# fuzzer) know "abc" is not one; ``checked`` enforces it with its own error
+# code. JSON Schema patterns are ECMA regexes: "$" is the true end there.
+SessionId = Annotated[
+    str,
+    Path(
+        description="A Checkout Session ID: cs_test_… or cs_live_…, letters and digits",
+        json_schema_extra={"pattern": "^cs_(test|live)_[A-Za-z0-9]{1,250}$"},
+    ),
+]
 
 
 class ApiError(FulfillError):
@@ -278,7 +290,7 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         responses=ERRORS,
         summary="One record",
     )
-    async def get_fulfillment(session_id: str) -> dict[str, Any]:
+    async def get_fulfillment(session_id: SessionId) -> dict[str, Any]:
         record = await service().store.get(checked(session_id))
         if record is None:
             raise ApiError(404, "not_found", "No record for this session")
@@ -290,7 +302,7 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         responses=ERRORS,
         summary="Retry a failed record now",
     )
-    async def retry_fulfillment(session_id: str) -> dict[str, Any]:
+    async def retry_fulfillment(session_id: SessionId) -> dict[str, Any]:
         engine = service().engine
         record = await service().store.get(checked(session_id))
         if record is None:
