@@ -106,6 +106,17 @@ class Settings(BaseSettings):
             raise ValueError("must be two-letter country codes, comma-separated, like DE,FR,US")
         return ",".join(codes)
 
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short token can be guessed; the admin API can retry and reconcile.
+        if value is not None and len(value.get_secret_value()) < 24:
+            raise ValueError(
+                "must be at least 24 characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
     @field_validator("reconcile_since")
     @classmethod
     def _check_since(cls, value: str) -> str:

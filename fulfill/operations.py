@@ -253,6 +253,14 @@ def check(as_json: bool) -> None:
             "detail": f"{len(catalog.entries)} entries in {catalog.path}",
         },
     ]
+    if not settings.webhook_secrets:
+        findings.append(
+            {
+                "what": "webhook secret",
+                "result": "missing",
+                "detail": "STRIPE_WEBHOOK_SECRET is not set; serve needs the endpoint's whsec_…",
+            }
+        )
     if settings.stripe_secret_key is None:
         findings.append(
             {"what": "stripe", "result": "skipped", "detail": "STRIPE_SECRET_KEY not set"}

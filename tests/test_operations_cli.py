@@ -14,6 +14,7 @@ from fulfill.engine import utcnow
 from tests.conftest import (
     HOOK_METADATA,
     TEST_KEY,
+    WEBHOOK_SECRET,
     EmulatorServer,
     ServiceFactory,
     ServiceServer,
@@ -21,6 +22,7 @@ from tests.conftest import (
 )
 from tests.servers import Receiver
 from tests.synthetic import write_records
+from tests.test_cli import env_for
 from tests.test_engine import wait_status
 
 
@@ -29,6 +31,7 @@ def env_of(service: ServiceServer, **extra: str) -> dict[str, str]:
     settings = service.settings
     return {
         "STRIPE_SECRET_KEY": TEST_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "STRIPE_API_BASE": settings.stripe_api_base,
         "FULFILL_DATABASE_URL": settings.database_url,
         "FULFILL_CATALOG": str(settings.catalog_path),
@@ -212,6 +215,7 @@ secret = "s"
 def check_env(tmp_path: Path, shop: EmulatorServer, catalog: Path) -> dict[str, str]:
     return {
         "STRIPE_SECRET_KEY": TEST_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "STRIPE_API_BASE": shop.url,
         # Never created: check reads no database, let alone migrates one.
         "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'nowhere' / 'fulfill.db'}",
@@ -318,3 +322,26 @@ def test_a_catalog_typo_is_one_clear_line_and_exit_2(
             assert says in line
             assert result.stdout == ""  # nothing half-printed for a script to parse
     assert emulator_server.get("/_emulator/requests")["total"] == 0
+
+
+def test_check_reports_a_missing_webhook_secret(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    env: dict[str, str | None] = {
+        **env_for(tmp_path, emulator_server, receiver),
+        "STRIPE_WEBHOOK_SECRET": None,
+    }
+    result = CliRunner().invoke(main, ["check", "--json"], env=env)
+    assert result.exit_code == 1
+    findings = json.loads(result.output)["findings"]
+    assert {"what": "webhook secret", "result": "missing"}.items() <= findings[2].items()
+
+
+def test_a_short_admin_token_is_refused_at_start(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    env = {**env_for(tmp_path, emulator_server, receiver), "FULFILL_ADMIN_TOKEN": "short"}
+    result = CliRunner().invoke(main, ["check"], env=env)
+    assert result.exit_code == 2
+    assert "FULFILL_ADMIN_TOKEN: must be at least 24 characters" in result.output
+    assert "short" not in result.output.replace("short ", "")
