@@ -879,3 +879,35 @@ link_ttl = "7d"
         # Signed with the service's own key, but never granted: 404.
         refused(make_token(key, foreign), 404)
     before.check()
+
+
+# -- what merchant code returns -------------------------------------------------------------
+
+
+def odd_result(item: Any) -> dict[str, Any]:
+    """A ``python`` action whose result is not the shape the page expects."""
+    return {
+        "message": {"not": "text"},
+        "links": 5 if item.quantity == 1 else {"url": "javascript:alert(1)"},
+    }
+
+
+def test_a_python_action_result_of_any_shape_cannot_break_the_landing_page(
+    service_factory: ServiceFactory,
+) -> None:
+    catalog = f"""
+[[product]]
+name = "Merchant code"
+match = {{ metadata = {{ fulfill = "odd" }} }}
+action = "python"
+callable = "{__name__}:odd_result"
+"""
+    service = service_factory(catalog)
+    price = service.shop.price("Odd", product_metadata={"fulfill": "odd"})
+    for quantity in (1, 2):
+        session_id = service.paid_session([(price, quantity)])
+        wait_status(service, session_id, "fulfilled")
+        page = service.landing(session_id, as_json=False)
+        assert page.status_code == 200, page.text[:200]
+        assert "your order is ready" in page.text
+        assert_inert(page.text)
