@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import stripe
@@ -28,13 +29,34 @@ PAGE = 100
 # prices.list takes at most 10 lookup_keys per call
 # (https://docs.stripe.com/api/prices/list#list_prices-lookup_keys).
 LOOKUP_KEYS_PER_CALL = 10
+# stripe-python retries 5xx answers and broken connections by itself
+# (max_network_retries) but never a 429. Stripe asks for rate-limited calls to
+# be retried with backoff (https://docs.stripe.com/rate-limits): a few times
+# here, honouring Retry-After, so that a short burst of 429s costs a moment
+# rather than a failed fulfillment. A longer wait than this is left to the
+# caller's own, durable retries (the webhook's event, the worker, reconcile).
+RATE_LIMIT_RETRIES = 2
+MAX_RATE_LIMIT_WAIT = 2.0
 
 
 class StripeApiError(FulfillError):
-    """Stripe could not be asked; try again later."""
+    """Stripe could not be asked, or refused the request."""
 
     status_code = 503
     code = "stripe_unavailable"
+
+
+class StripeUnavailable(StripeApiError):
+    """A failure that passes: a 5xx, a broken connection or timeout, a rate limit.
+
+    The same call, made again a little later, may well succeed; callers with
+    durable work (the webhook's event, reconcile) retry it with backoff,
+    waiting at least ``retry_after`` seconds when Stripe said so.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SessionNotFound(FulfillError):
@@ -42,12 +64,8 @@ class SessionNotFound(FulfillError):
     code = "session_not_found"
 
 
-class RateLimited(StripeApiError):
+class RateLimited(StripeUnavailable):
     code = "stripe_rate_limited"
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class CheckoutRefused(FulfillError):
@@ -114,6 +132,8 @@ class SessionPage:
     has_more: bool
 
 
+T = TypeVar("T")
+
 _ID_SEGMENT = re.compile(r"/(cs|li|price|prod|evt|pi)_[A-Za-z0-9_]+")
 
 
@@ -148,9 +168,11 @@ class StripeApi:
         api_base: str,
         *,
         max_network_retries: int = 2,
+        rate_limit_retries: int = RATE_LIMIT_RETRIES,
         timeout: float = 30,
         metrics: Metrics | None = None,
     ) -> None:
+        self.rate_limit_retries = rate_limit_retries
         self._http = MeteredHTTPClient(metrics or Metrics(), timeout=timeout)
         self.client = stripe.StripeClient(
             secret_key,
@@ -183,23 +205,45 @@ class StripeApi:
         finally:
             del self._inflight[session_id]
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again after a 429 as ``Retry-After`` asks, up to ``rate_limit_retries``."""
+        for attempt in range(self.rate_limit_retries + 1):
+            try:
+                return await call()
+            except stripe.RateLimitError as exc:
+                asked = _retry_after(exc)
+                if attempt == self.rate_limit_retries or (
+                    asked is not None and asked > MAX_RATE_LIMIT_WAIT
+                ):
+                    raise
+                delay = asked if asked is not None else 0.5 * 2**attempt
+                # Never sooner than asked; spread out, so that calls refused
+                # together do not all come back in the same instant.
+                await asyncio.sleep(delay * (1 + random.random() / 4))
+        raise AssertionError("unreachable")
+
     async def _fetch(self, session_id: str) -> SessionSnapshot:
         try:
-            session = await self.client.v1.checkout.sessions.retrieve_async(
-                session_id, {"expand": EXPAND}
+            session = await self._retrying(
+                lambda: self.client.v1.checkout.sessions.retrieve_async(
+                    session_id, {"expand": EXPAND}
+                )
             )
             body = session.to_dict()
             first = body.get("line_items") or {"data": [], "has_more": False}
             items: list[dict[str, Any]] = list(first.get("data") or [])
             has_more = bool(first.get("has_more"))
             while has_more and items:
-                page = await self.client.v1.checkout.sessions.line_items.list_async(
-                    session_id,
-                    {
-                        "limit": PAGE,
-                        "starting_after": items[-1]["id"],
-                        "expand": ["data.price.product"],
-                    },
+                page = await self._retrying(
+                    functools.partial(
+                        self.client.v1.checkout.sessions.line_items.list_async,
+                        session_id,
+                        {
+                            "limit": PAGE,
+                            "starting_after": items[-1]["id"],
+                            "expand": ["data.price.product"],
+                        },
+                    )
                 )
                 items.extend(item.to_dict() for item in page.data)
                 has_more = page.has_more
@@ -225,7 +269,9 @@ class StripeApi:
         if starting_after:
             params["starting_after"] = starting_after
         try:
-            page = await self.client.v1.checkout.sessions.list_async(params)  # type: ignore[arg-type]
+            page = await self._retrying(
+                lambda: self.client.v1.checkout.sessions.list_async(params)  # type: ignore[arg-type]
+            )
         except stripe.StripeError as exc:
             raise _api_error(exc) from None
         return SessionPage(
@@ -390,7 +436,11 @@ def _api_error(exc: stripe.StripeError) -> StripeApiError:
         return RateLimited("Stripe rate limit reached", _retry_after(exc))
     if isinstance(exc, stripe.AuthenticationError):
         return StripeApiError("Stripe refused the API key (STRIPE_SECRET_KEY)")
-    return StripeApiError(f"Stripe is unavailable ({type(exc).__name__}, status {exc.http_status})")
+    message = f"Stripe is unavailable ({type(exc).__name__}, status {exc.http_status})"
+    if isinstance(exc, stripe.APIConnectionError) or (exc.http_status or 500) >= 500:
+        # What stripe-python already retried max_network_retries times.
+        return StripeUnavailable(message)
+    return StripeApiError(message)
 
 
 def _retry_after(exc: stripe.StripeError) -> float | None:
