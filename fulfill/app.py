@@ -132,8 +132,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if app.state.webhook.tasks:
-                await asyncio.wait(list(app.state.webhook.tasks), timeout=5)
+            await app.state.webhook.close(timeout=5)
             await service.close()
 
     async def webhook(request: Request) -> Response:

@@ -32,7 +32,7 @@ from fulfill.errors import FulfillError
 from fulfill.metrics import Metrics
 from fulfill.records import valid_session_id
 from fulfill.store import Store
-from fulfill.stripe_api import SessionNotFound
+from fulfill.stripe_api import SessionNotFound, StripeUnavailable
 
 log = logging.getLogger("fulfill.webhooks")
 
@@ -44,6 +44,14 @@ FULFILL = ("checkout.session.completed", "checkout.session.async_payment_succeed
 PAYMENT_FAILED = "checkout.session.async_payment_failed"
 EXPIRED = "checkout.session.expired"
 HANDLED = (*FULFILL, PAYMENT_FAILED, EXPIRED)
+
+# When Stripe fails (5xx, broken connections, 429s beyond what stripe_api
+# retries itself), the process holding the event tries again after these
+# pauses, or after Stripe's Retry-After when longer. Without them the event
+# would wait for the worker's sweep of abandoned events, which leaves an event
+# alone for FULFILL_INLINE_BUDGET + 30 s (its handler may still be at work),
+# and the customer's order with it. Together they fit inside that grace.
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class WebhookError(FulfillError):
@@ -196,6 +204,7 @@ class WebhookEndpoint:
         self.inline_budget = inline_budget
         self.livemode = livemode
         self.tasks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -264,10 +273,30 @@ class WebhookEndpoint:
         return JSONResponse({"received": True})
 
     async def _process(self, event: Event) -> None:
-        try:
-            await process_event(self.engine, self.store, event, f"webhook:{event.id}")
-        except Exception as exc:
-            log.warning("event %s left for the worker: %s", event.id, exc)
+        for pause in (*RETRY_PAUSES, None):
+            try:
+                await process_event(self.engine, self.store, event, f"webhook:{event.id}")
+                return
+            except StripeUnavailable as exc:
+                if pause is None or self._closing.is_set():
+                    log.warning("event %s left for the worker: %s", event.id, exc.message)
+                    return
+                delay = max(pause, exc.retry_after or 0.0)
+                log.info("event %s: %s; trying again in %.1f s", event.id, exc.message, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+            except Exception as exc:
+                log.warning("event %s left for the worker: %s", event.id, exc)
+                return
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """At shutdown: stop retrying, give the work in progress a moment.
+
+        An event still unprocessed stays ``received``; the worker takes it up.
+        """
+        self._closing.set()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
