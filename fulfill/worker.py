@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 
 from fulfill.engine import Engine, utcnow
 from fulfill.store import Store
+from fulfill.stripe_api import StripeUnavailable
 from fulfill.webhooks import event_from_row, process_event
 
 log = logging.getLogger("fulfill.worker")
+
+EVENTS_PER_PASS = 50
+MAX_EVENT_BACKOFF = 300.0  # seconds
 
 
 class Worker:
@@ -29,18 +34,42 @@ class Worker:
         self.interval = interval
         # An event younger than this may still be in its handler's hands.
         self.event_grace = event_grace
+        # Events this worker failed to process, with their failures and when
+        # to try again: through a long Stripe outage or rate limit it backs
+        # off, instead of spending calls on every stuck event every pass.
+        self._backoff: dict[str, tuple[int, float]] = {}
 
     async def step(self) -> int:
         """One pass; how many sessions and events it took up."""
         taken = await self.engine.run_due()
-        stale = await self.store.unprocessed_events(utcnow() - timedelta(seconds=self.event_grace))
+        limit = EVENTS_PER_PASS + len(self._backoff)  # those backing off don't crowd out others
+        stale = await self.store.unprocessed_events(
+            utcnow() - timedelta(seconds=self.event_grace), limit=limit
+        )
+        if len(stale) < limit:
+            # Whatever is not listed any more was processed (here or elsewhere).
+            listed = {row["event_id"] for row in stale}
+            self._backoff = {k: v for k, v in self._backoff.items() if k in listed}
+        processed = 0
         for row in stale:
             event = event_from_row(row)
+            failures, not_before = self._backoff.get(event.id, (0, 0.0))
+            if not_before > time.monotonic():
+                continue
+            processed += 1
             try:
                 await process_event(self.engine, self.store, event, f"webhook:{event.id}")
             except Exception as exc:
-                log.warning("event %s still not processed: %s", event.id, exc)
-        return taken + len(stale)
+                delay = min(self.interval * 2**failures, MAX_EVENT_BACKOFF)
+                if isinstance(exc, StripeUnavailable) and exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                self._backoff[event.id] = (failures + 1, time.monotonic() + delay)
+                log.warning(
+                    "event %s still not processed (again in %.0f s): %s", event.id, delay, exc
+                )
+            else:
+                self._backoff.pop(event.id, None)
+        return taken + processed
 
     async def run(self) -> None:
         while True:
