@@ -30,7 +30,7 @@ from fulfill.engine import Engine, utcnow
 from fulfill.errors import FulfillError
 from fulfill.records import FULFILLED
 from fulfill.store.runs import ReconcileRun, Runs
-from fulfill.stripe_api import ListedSession, RateLimited, StripeApi
+from fulfill.stripe_api import ListedSession, StripeApi, StripeUnavailable
 
 log = logging.getLogger("fulfill.reconcile")
 
@@ -175,18 +175,25 @@ class Reconciler:
             return "fulfilled" if record.status == FULFILLED else record.status
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        """One rate-limited API call; a 429 is waited out as its ``Retry-After`` asks."""
+        """One rate-limited API call, made again while Stripe fails in a way that passes.
+
+        A 429 is waited out as its ``Retry-After`` asks; a 5xx or a broken
+        connection that outlasted stripe-python's own retries with backoff. A
+        sweep of thousands of sessions should not end with errors, or stop,
+        for a burst of failures that is over in seconds.
+        """
         waits = 0
         while True:
             async with self.limiter:
                 try:
                     return await call()
-                except RateLimited as exc:
+                except StripeUnavailable as exc:
                     waits += 1
                     if waits > self.max_rate_limit_waits:
                         raise
-                    delay = exc.retry_after or min(2.0**waits, 30.0)
-                    log.info("Stripe rate limit reached; waiting %.1f s", delay)
+                    backoff = min(0.5 * 2.0**waits, 10.0)
+                    delay = exc.retry_after if exc.retry_after is not None else backoff
+                    log.info("%s; waiting %.1f s", exc.message, delay)
             await asyncio.sleep(delay)
 
 
