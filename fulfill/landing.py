@@ -10,6 +10,7 @@ leaks the URL as a referrer (SPEC §10.5).
 from __future__ import annotations
 
 import logging
+import math
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
@@ -26,7 +27,7 @@ from fulfill.pages import (
     wants_json,
 )
 from fulfill.records import FulfillmentRecord
-from fulfill.stripe_api import SessionNotFound, StripeApiError
+from fulfill.stripe_api import SessionNotFound, StripeApiError, StripeUnavailable
 
 __all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "render_record", "safe_url"]
 
@@ -166,16 +167,45 @@ class LandingPage:
         except SessionNotFound:
             self.guard.remember_missing(session_id)
             return _not_found(request)
-        except (StripeApiError, SQLAlchemyError, OSError) as exc:
+        except StripeApiError as exc:
+            # Stripe failing (a rate limit, an outage) says nothing new about an
+            # order already recorded: show it as it stands (its page refreshes
+            # by itself while it is not final) rather than an error.
+            log.warning("landing page could not ask Stripe: %s", exc.message)
+            known = await self._stored(session_id)
+            if known is not None:
+                return render_record(request, known)
+            return _unavailable(request, exc)
+        except (SQLAlchemyError, OSError) as exc:
             log.warning("landing page unavailable: %s", type(exc).__name__)
-            return render_problem(
-                request,
-                503,
-                "temporarily_unavailable",
-                "We could not load your order just now",
-                "Your payment is safe. Please refresh this page in a minute.",
-            )
+            return _unavailable(request, exc)
         return render_record(request, record)
+
+    async def _stored(self, session_id: str) -> FulfillmentRecord | None:
+        try:
+            return await self.engine.store.get(session_id)
+        except (SQLAlchemyError, OSError):
+            return None
+
+
+# How long the temporary-error page waits before it tries again by itself: long
+# enough not to add to a rate limit, short enough for a customer who waits.
+UNAVAILABLE_RETRY_SECONDS = 10
+
+
+def _unavailable(request: Request, exc: Exception) -> Response:
+    retry_after = UNAVAILABLE_RETRY_SECONDS
+    if isinstance(exc, StripeUnavailable) and exc.retry_after is not None:
+        retry_after = max(retry_after, math.ceil(exc.retry_after))
+    return render_problem(
+        request,
+        503,
+        "temporarily_unavailable",
+        "We could not load your order just now",
+        "Your payment is safe. This page tries again by itself in a few seconds; "
+        "if it does not, please refresh this page in a minute.",
+        retry_after=retry_after,
+    )
 
 
 def _not_found(request: Request) -> Response:

@@ -85,21 +85,25 @@ def render_problem(
     message: str,
     *,
     back: tuple[str, str] | None = None,
+    retry_after: int | None = None,
 ) -> Response:
     """An error as ``{"error": {"code", "message"}}`` or as a readable page; never a trace.
 
     ``back`` is a ``(label, path)`` link on the page, e.g. to the storefront.
+    ``retry_after`` (seconds) is sent as ``Retry-After``, and the page reloads
+    itself then: a problem that passes should not need the customer to act.
     """
+    headers = dict(PRIVATE_HEADERS)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     if wants_json(request):
         return JSONResponse(
-            {"error": {"code": code, "message": message}},
-            status_code=status,
-            headers=PRIVATE_HEADERS,
+            {"error": {"code": code, "message": message}}, status_code=status, headers=headers
         )
     html = TEMPLATES.get_template("problem.html").render(
-        title=title, message=message, status=status, back=back
+        title=title, message=message, status=status, back=back, refresh=retry_after
     )
-    return HTMLResponse(html, status_code=status, headers=PRIVATE_HEADERS)
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def render_error(request: Request, exc: FulfillError) -> Response:
