@@ -489,7 +489,7 @@ def test_the_admin_api_refuses_malformed_ids_before_any_api_call(
         "/api/fulfillments/..%2F..%2Fv1%2Fcustomers",
     ):
         assert service.client.get(raw, headers=BEARER).status_code == 404, raw
-        assert service.client.post(raw, headers=BEARER).status_code in (404, 405), raw
+        assert service.client.post(raw, headers=BEARER).status_code == 404, raw
     # A live session with a test key: there is no such record, and nothing asks Stripe.
     for method, url in (
         ("GET", f"/api/fulfillments/{LIVE_ID}"),
@@ -578,7 +578,7 @@ def test_slash_variants_are_not_redirected_to_the_host_header(
             data={"price": "price_x"} if method == "POST" else None,
             follow_redirects=False,
         )
-        assert answer.status_code in (404, 405), (path, answer.status_code)
+        assert answer.status_code == 404, (path, answer.status_code)
         assert "location" not in answer.headers, path
     home = service.client.get("/", headers=FORGED_HOST, follow_redirects=False)
     assert (home.status_code, home.headers["location"]) == (303, "/shop")
