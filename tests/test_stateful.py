@@ -40,7 +40,7 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,6 +59,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -71,7 +72,7 @@ from fulfill.engine import Engine, EngineOptions, utcnow
 from fulfill.guard import LookupGuard
 from fulfill.landing import LandingPage
 from fulfill.service import Service
-from fulfill.store import Store, database
+from fulfill.store import Store
 from fulfill.store.database import create_engine, migrate
 from fulfill.stripe_api import StripeApi
 from fulfill.webhooks import WebhookEndpoint
@@ -141,11 +142,29 @@ class Ledger:
         return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
 
+class GatedStore(Store):
+    """The service's store, with a gate a crash can close between two transactions.
+
+    A process that dies inside a SQLite transaction leaves nothing of it
+    (SQLite rolls it back), just as if it had died before it. A task cancelled
+    inside one, unlike a dead process, can leave its connection holding the
+    database's write lock: so ``Instance.kill`` cancels between transactions.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.gate = asyncio.Lock()
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with self.gate:
+            return await super()._write(work)
+
+
 @dataclass
 class Instance:
     """One running service: what ``Service.start`` builds, with the machine's clock."""
 
-    store: Store
+    store: GatedStore
     stripe: StripeApi
     http: httpx.AsyncClient
     engine: Engine
@@ -159,7 +178,8 @@ class Instance:
     async def start(
         cls, database_url: str, api_base: str, catalog: Path, clock: Clock, merchant: Starlette
     ) -> Instance:
-        store = await Store.open(database_url, migrate=False, pool_size=4)
+        store = await GatedStore.open(database_url, migrate=False, pool_size=4)
+        assert isinstance(store, GatedStore)
         stripe = StripeApi(TEST_KEY, api_base, max_network_retries=0)
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=merchant))
         loaded = load_catalog(catalog)
@@ -221,15 +241,8 @@ class Instance:
         ]
 
     async def kill(self) -> None:
-        """Cancel everything this instance runs, as its process dying would, then close it.
-
-        Between two of its SQLite transactions: a process that dies inside one
-        leaves nothing of it (SQLite rolls it back), which is what dying just
-        before it is; a task cancelled inside one, unlike a dead process,
-        could leave its connection holding the database's write lock.
-        """
-        writes = database._write_locks.setdefault(self.store.engine, asyncio.Lock())
-        async with writes:
+        """Cancel everything this instance runs, as its process dying would, then close it."""
+        async with self.store.gate:
             victims = self.running()
             for task in victims:
                 task.cancel()
