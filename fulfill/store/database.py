@@ -1,18 +1,28 @@
 """Connecting to SQLite or PostgreSQL, and applying migrations.
 
 SQLite: WAL (readers don't block the writer), a busy timeout, and every
-transaction begun ``IMMEDIATE``: a deferred transaction that reads and then
-writes can fail at once with "database is locked" when another process
-wrote in between (SQLITE_BUSY_SNAPSHOT ignores the busy timeout); taking the
-write lock up front turns that into waiting. PostgreSQL: asyncpg with a pool;
-migrations under an advisory lock so that several instances starting at once
-apply them once.
+transaction that may write begun ``IMMEDIATE``: a deferred transaction that
+reads and then writes can fail at once with "database is locked" when another
+process wrote in between (SQLITE_BUSY_SNAPSHOT ignores the busy timeout);
+taking the write lock up front turns that into waiting. Connections opened
+with ``read`` begin a plain (deferred) transaction instead: a snapshot that
+neither waits for the writer nor holds it up, so a page view or a duplicate
+webhook never queues behind fulfillments. Writers of one process queue on an
+``asyncio.Lock`` before they ask SQLite: waiting in SQLite's busy handler
+means sleeping 1, 2, 5 … 100 ms between polls, so under load most of the
+lock's time would be spent asleep; the in-process queue hands it over at
+once (other processes still meet at the busy timeout).
+
+PostgreSQL: asyncpg with a pool; migrations under an advisory lock so that
+several instances starting at once apply them once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +42,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # An arbitrary constant shared by every instance: the key of the advisory lock
 # that serialises migrations on PostgreSQL.
 MIGRATION_LOCK_KEY = 0x46554C46
+# The execution option that marks a connection as only reading (see ``read``).
+READ_ONLY = "fulfill_read_only"
+
+# One queue of writers per SQLite engine (see the module docstring); weak, so
+# that an engine disposed of takes its lock with it.
+_write_locks: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def async_url(url: str) -> str:
@@ -80,7 +96,14 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        statement = (
+            "BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        )
+        # Straight to the driver: one trip to aiosqlite's thread, where a
+        # statement through SQLAlchemy costs four and its bookkeeping.
+        connection.connection.dbapi_connection.run_async(  # type: ignore[union-attr]
+            lambda driver: driver.execute(statement)
+        )
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -109,27 +132,48 @@ async def migrate(engine: AsyncEngine) -> None:
 
 
 async def migrations_pending(engine: AsyncEngine) -> bool:
-    async with engine.connect() as connection:
+    async with read(engine) as connection:
         return await connection.run_sync(_pending)
 
 
+@contextlib.asynccontextmanager
+async def read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for reading only: on SQLite a snapshot that never takes the write lock.
+
+    Nothing may be written through it (SQLite would have to upgrade the
+    snapshot, which fails when another process wrote meanwhile); writes go
+    through ``write``.
+    """
+    async with engine.connect() as connection:
+        await connection.execution_options(**{READ_ONLY: True})
+        yield connection
+
+
 async def write(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """Run ``work`` in one transaction, retrying briefly if SQLite stays locked."""
-    for attempt in range(5):
-        try:
-            async with engine.begin() as connection:
-                return await work(connection)
-        except OperationalError as exc:
-            if "locked" not in str(exc).lower() or attempt == 4:
-                raise
-            await asyncio.sleep(0.05 * (attempt + 1))
+    """Run ``work`` in one transaction, retrying briefly if SQLite stays locked.
+
+    ``work`` must only use the connection it is given: on SQLite the
+    process's other writers wait for it.
+    """
+    lock: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+    if is_sqlite(engine):
+        lock = _write_locks.setdefault(engine, asyncio.Lock())
+    async with lock:
+        for attempt in range(5):
+            try:
+                async with engine.begin() as connection:
+                    return await work(connection)
+            except OperationalError as exc:
+                if "locked" not in str(exc).lower() or attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
 async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:
     """True when the database answers within ``timeout`` seconds."""
     try:
-        async with asyncio.timeout(timeout), engine.connect() as connection:
+        async with asyncio.timeout(timeout), read(engine) as connection:
             await connection.execute(text("SELECT 1"))
         return True
     except Exception:

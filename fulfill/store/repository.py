@@ -13,10 +13,25 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import (
+    CompoundSelect,
+    Integer,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import BindParameter
 
 from fulfill.records import (
     FAILED,
@@ -42,6 +57,72 @@ from fulfill.store.schema import (
 T = TypeVar("T")
 
 CLAIMABLE = (PENDING, FAILED)
+
+# -- one record in one indexed read --------------------------------------------------
+#
+# Every trigger reads the record at least once, and the landing page and a
+# duplicate webhook do little else: so the record, its items and its triggers
+# come back from one statement, a UNION ALL of three lookups by primary key or
+# index, each row tagged with the part it belongs to. Built once: SQLAlchemy
+# then only binds the session ID.
+
+_ITEM_FIELDS = (
+    "line_item_id",
+    "position",
+    "price_id",
+    "product_id",
+    "description",
+    "quantity",
+    "amount_total",
+    "currency",
+    "action",
+    "status",
+    "result",
+    "error",
+)
+_RECORD_FIELDS = tuple(column.name for column in fulfillments.c)
+_PART_RECORD, _PART_ITEM, _PART_TRIGGER = 0, 1, 2
+
+
+def _one_record_query() -> CompoundSelect[Any]:
+    session_id: BindParameter[str] = bindparam("session_id")
+    groups = (
+        [(f"r_{c.name}", c) for c in fulfillments.c],
+        [(f"i_{name}", fulfillment_items.c[name]) for name in _ITEM_FIELDS],
+        [("t_trigger", fulfillment_triggers.c.trigger), ("t_id", fulfillment_triggers.c.id)],
+    )
+    wheres = (
+        fulfillments.c.session_id == session_id,
+        fulfillment_items.c.session_id == session_id,
+        fulfillment_triggers.c.session_id == session_id,
+    )
+    parts = []
+    for part, where in enumerate(wheres):
+        columns: list[Any] = [literal_column(str(part), Integer).label("part")]
+        for group, labelled in enumerate(groups):
+            columns += [
+                column.label(label)
+                if group == part
+                # Typed NULLs: PostgreSQL needs every column's type in every
+                # SELECT, and SQLAlchemy decodes every row with the first one's.
+                else cast(null(), column.type).label(label)
+                for label, column in labelled
+            ]
+        parts.append(select(*columns).where(where))
+    query = union_all(*parts)
+    return query.order_by(
+        query.selected_columns.part,
+        query.selected_columns.i_position,
+        query.selected_columns.t_id,
+    )
+
+
+_ONE_RECORD = _one_record_query()
+_EVENT_RECORDED = select(webhook_events.c.event_id).where(
+    webhook_events.c.event_id == bindparam("event_id")
+)
+_ITEMS_AT = 1 + len(_RECORD_FIELDS)
+_TRIGGER_AT = _ITEMS_AT + len(_ITEM_FIELDS)
 
 
 class Store:
@@ -84,11 +165,21 @@ class Store:
     # -- reads ------------------------------------------------------------------
 
     async def get(self, session_id: str) -> FulfillmentRecord | None:
-        async with self.engine.connect() as connection:
-            rows = await self._records(
-                connection, select(fulfillments).where(fulfillments.c.session_id == session_id)
-            )
-        return rows[0] if rows else None
+        """One record with its items and triggers, in one indexed read."""
+        async with database.read(self.engine) as connection:
+            rows = (await connection.execute(_ONE_RECORD, {"session_id": session_id})).all()
+        record: dict[str, Any] | None = None
+        items: list[dict[str, Any]] = []
+        triggers: list[str] = []
+        for row in rows:
+            part = row[0]
+            if part == _PART_RECORD:
+                record = dict(zip(_RECORD_FIELDS, row[1:_ITEMS_AT], strict=True))
+            elif part == _PART_ITEM:
+                items.append(dict(zip(_ITEM_FIELDS, row[_ITEMS_AT:_TRIGGER_AT], strict=True)))
+            else:
+                triggers.append(row[_TRIGGER_AT])
+        return None if record is None else _record(record, items, triggers)
 
     async def list_records(
         self,
@@ -117,11 +208,11 @@ class Store:
         query = query.order_by(
             fulfillments.c.created_at.desc(), fulfillments.c.session_id.desc()
         ).limit(limit)
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             return await self._records(connection, query)
 
     async def session_ids(self, status: str, limit: int = 10_000) -> list[str]:
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             rows = await connection.execute(
                 select(fulfillments.c.session_id)
                 .where(fulfillments.c.status == status)
@@ -155,7 +246,7 @@ class Store:
         ]
 
     async def status_of(self, session_id: str) -> str | None:
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             value = await connection.scalar(
                 select(fulfillments.c.status).where(fulfillments.c.session_id == session_id)
             )
@@ -189,7 +280,7 @@ class Store:
                 not_deferred,
             ),
         )
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             rows = await connection.execute(
                 select(fulfillments.c.session_id)
                 .where(due)
@@ -214,7 +305,7 @@ class Store:
         return taken
 
     async def count_by_status(self) -> dict[str, int]:
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             rows = await connection.execute(
                 select(fulfillments.c.status, func.count()).group_by(fulfillments.c.status)
             )
@@ -553,7 +644,15 @@ class Store:
         outcome: str,
         now: datetime,
     ) -> bool:
-        """Insert the event once; False when it was already recorded (a redelivery)."""
+        """Insert the event once; False when it was already recorded (a redelivery).
+
+        A redelivery is told by one indexed read, without taking SQLite's write
+        lock; a new event by the insert's conflict clause, which stays the
+        judge when two deliveries race.
+        """
+        async with database.read(self.engine) as connection:
+            if await connection.scalar(_EVENT_RECORDED, {"event_id": event_id}) is not None:
+                return False
 
         async def work(connection: AsyncConnection) -> bool:
             result = await connection.execute(
@@ -583,7 +682,7 @@ class Store:
         await self._write(work)
 
     async def event(self, event_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             row = (
                 await connection.execute(
                     select(webhook_events).where(webhook_events.c.event_id == event_id)
@@ -593,7 +692,7 @@ class Store:
 
     async def events_for(self, session_id: str) -> list[dict[str, Any]]:
         """The webhook events recorded for a session, oldest first (its history)."""
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             rows = await connection.execute(
                 select(webhook_events)
                 .where(webhook_events.c.session_id == session_id)
@@ -605,7 +704,7 @@ class Store:
         self, older_than: datetime, limit: int = 50
     ) -> list[dict[str, Any]]:
         """Events acknowledged but whose processing never finished (the process died)."""
-        async with self.engine.connect() as connection:
+        async with database.read(self.engine) as connection:
             rows = await connection.execute(
                 select(webhook_events)
                 .where(

@@ -1,0 +1,143 @@
+"""The database layer under contention: who waits for SQLite's write lock, and who does not.
+
+Another process holding the write lock is played by a plain ``sqlite3``
+connection in ``BEGIN IMMEDIATE``: reads (the record, a redelivered event,
+readiness) must answer at once through it; writes must wait for it, and
+still be transactions that hold the lock themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fulfill.engine import utcnow
+from fulfill.records import MAY_REPLACE, PENDING, SessionSnapshot
+from fulfill.store import Store
+from fulfill.store.database import write
+
+SESSION_ID = "cs_test_database0001"
+
+
+def snapshot(items: int = 3) -> SessionSnapshot:
+    session = {
+        "id": SESSION_ID,
+        "status": "complete",
+        "payment_status": "paid",
+        "livemode": False,
+        "mode": "payment",
+        "customer_details": {"email": "ada@example.com", "name": "Ada"},
+        "amount_total": 300,
+        "currency": "eur",
+        "metadata": {"order": "42"},
+    }
+    line_items = [
+        {
+            "id": f"li_{n}",
+            "description": f"Item {n}",
+            "quantity": n + 1,
+            "amount_total": 100,
+            "currency": "eur",
+            "price": {"id": f"price_{n}", "product": {"id": f"prod_{n}"}},
+        }
+        for n in range(items)
+    ]
+    return SessionSnapshot.from_stripe(session, line_items)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(f"sqlite:///{tmp_path / 'fulfill.db'}")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@contextmanager
+def another_writer(store: Store) -> Iterator[sqlite3.Connection]:
+    """Another process in the middle of a write transaction."""
+    path = store.engine.url.database
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_one_read_returns_the_record_its_items_in_order_and_its_triggers(
+    store: Store,
+) -> None:
+    now = utcnow()
+    await store.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
+    for trigger in ("webhook:evt_1", "landing", "retry"):
+        await store.add_trigger(SESSION_ID, trigger, now)
+    record = await store.get(SESSION_ID)
+    assert record is not None
+    assert record.status == PENDING
+    assert record.customer == {"email": "ada@example.com", "name": "Ada"}
+    assert record.metadata == {"order": "42"}
+    assert record.created_at == now
+    assert [i.line_item_id for i in record.items] == ["li_0", "li_1", "li_2"]
+    assert [i.quantity for i in record.items] == [1, 2, 3]
+    assert record.triggers == ["webhook:evt_1", "landing", "retry"]
+    assert await store.get("cs_test_nothing") is None
+
+
+async def test_reads_answer_while_another_process_holds_the_write_lock(store: Store) -> None:
+    now = utcnow()
+    await store.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
+    assert await store.record_event(
+        "evt_1", "checkout.session.completed", SESSION_ID, False, "received", now
+    )
+    with another_writer(store):
+        async with asyncio.timeout(2):
+            record = await store.get(SESSION_ID)
+            redelivered = await store.record_event(
+                "evt_1", "checkout.session.completed", SESSION_ID, False, "received", now
+            )
+            ready = await store.ready()
+    assert record is not None
+    assert redelivered is False, "a redelivery is told without the write lock"
+    assert ready == (True, "ok")
+
+
+async def test_writes_wait_for_another_process_and_hold_the_lock_themselves(
+    store: Store,
+) -> None:
+    now = utcnow()
+    with another_writer(store) as other:
+        pending = asyncio.create_task(store.add_trigger(SESSION_ID, "landing", now))
+        await asyncio.sleep(0.3)
+        assert not pending.done(), "the write waits for the other process's transaction"
+        other.execute("ROLLBACK")
+        other.execute("BEGIN")  # released; the fixture's ROLLBACK ends this one
+        await asyncio.wait_for(pending, 5)
+
+    async def holds_lock(connection: AsyncConnection) -> None:
+        intruder = sqlite3.connect(store.engine.url.database or "", timeout=0)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                intruder.execute("BEGIN IMMEDIATE")
+        finally:
+            intruder.close()
+
+    await write(store.engine, holds_lock)
+
+
+async def test_many_concurrent_writers_in_one_process_all_commit(store: Store) -> None:
+    now = utcnow()
+    await store.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
+    await asyncio.gather(*(store.add_trigger(SESSION_ID, f"t{n}", now) for n in range(200)))
+    record = await store.get(SESSION_ID)
+    assert record is not None
+    assert sorted(record.triggers) == sorted(f"t{n}" for n in range(200))
