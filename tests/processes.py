@@ -44,8 +44,11 @@ class Instance:
         return self.log.read_text(errors="replace")
 
 
-def start_instance(env: dict[str, str], log: Path, *, workers: int = 1) -> Instance:
-    port = free_port()
+def start_instance(
+    env: dict[str, str], log: Path, *, workers: int = 1, port: int | None = None
+) -> Instance:
+    """Start ``serve`` and wait until it is ready; ``port`` to come back where a killed one was."""
+    port = port or free_port()
     handle: IO[bytes] = log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "fulfill", "serve", "--port", str(port), "--workers", str(workers)],
