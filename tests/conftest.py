@@ -116,7 +116,11 @@ class EmulatorServer:
 @pytest.fixture
 def emulator_server() -> Iterator[EmulatorServer]:
     emulator = Emulator(retry_delays=(0.2, 0.4, 0.8))
-    with serve_in_thread(create_app(emulator)) as url, httpx.Client(base_url=url) as control:
+    # Control calls may wait long: webhooks/idle?timeout=90, a concurrent flush.
+    with (
+        serve_in_thread(create_app(emulator)) as url,
+        httpx.Client(base_url=url, timeout=120) as control,
+    ):
         server = EmulatorServer(url, emulator, control)
         try:
             yield server
