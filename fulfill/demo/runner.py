@@ -156,7 +156,10 @@ def interactive(port: int) -> int:
         out.print("\nPress Ctrl+C to stop.")
         stop = threading.Event()
         # Ctrl+C, or a TERM from a process manager: stop the servers, remove the folder.
+        # Both handled explicitly: a process started in the background by a
+        # non-interactive shell inherits SIGINT as ignored, and Python keeps it so.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         with suppress(KeyboardInterrupt):
             stop.wait()
         out.print("\nStopping the demo.")
