@@ -97,7 +97,12 @@ def test_four_processes_on_one_sqlite_file_fulfill_each_item_once(
         assert shop.get("/_emulator/webhooks/idle?timeout=60")["idle"]
         wait_fulfilled(servers[0].url, sessions)
         deliveries = shop.get("/_emulator/deliveries")["attempts"]
-        assert {a["status"] for a in deliveries} == {200}, "every webhook acknowledged"
+        # No delivery was refused with an error (a "database is locked" would be
+        # a 500); on a loaded machine an attempt may time out, and then its
+        # retry must be acknowledged: every event by every process.
+        assert {a["status"] for a in deliveries} <= {200, None}
+        acknowledged = {(a["event_id"], a["endpoint_id"]) for a in deliveries if a["status"] == 200}
+        assert len(acknowledged) == len({(a["event_id"], a["endpoint_id"]) for a in deliveries})
         logs = "".join(s.output() for s in servers)
     expected = sum(n % 3 + 1 for n in range(100))
     counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
