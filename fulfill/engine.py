@@ -205,14 +205,19 @@ class Engine:
                 currency=snapshot.currency,
             )
             return transient, None
-        await self.store.observe(snapshot, status, MAY_REPLACE[status], self.clock())
+        # A trigger seen first here is recorded with what it found (one write).
+        await self.store.observe(
+            snapshot,
+            status,
+            MAY_REPLACE[status],
+            self.clock(),
+            trigger=trigger if record is None else None,
+        )
         if status != PENDING and (record is None or record.status != status):
             self.metrics.fulfillments.labels(status).inc()
         if record is not None and record.status == FULFILLING:
             log.warning("taking over a fulfillment whose worker's lease expired")
             self.metrics.lease_takeovers.inc()
-        if record is None:
-            await self.store.add_trigger(session_id, trigger, self.clock())
         if status == PENDING or (record is not None and record.status == FULFILLING):
             task = asyncio.get_running_loop().create_task(self._perform(session_id, snapshot))
             self._running[session_id] = task
@@ -334,7 +339,6 @@ class Engine:
                     f"No catalog entry matches line item {item.line_item_id} "
                     f"({line.facts.describe()}); add one to the catalog, then retry."
                 )
-            await self.store.set_item_action(session_id, item.line_item_id, entry.action)
             context = self._context(snapshot, line.line_item_id, entry)
             started = time.perf_counter()
             try:
@@ -344,7 +348,9 @@ class Engine:
                     time.perf_counter() - started
                 )
                 message = _describe(exc)
-                await self.store.item_failed(session_id, item.line_item_id, message)
+                await self.store.item_failed(
+                    session_id, item.line_item_id, message, action=entry.action
+                )
                 raise ActionError(
                     f"{entry.action} action for line item {item.line_item_id} failed: {message}"
                 ) from exc
@@ -352,7 +358,7 @@ class Engine:
                 time.perf_counter() - started
             )
             recorded = await self.store.item_done(
-                session_id, item.line_item_id, self.owner, result, self.clock()
+                session_id, item.line_item_id, self.owner, result, self.clock(), action=entry.action
             )
             if not recorded:
                 # Our lease was taken over: the new owner carries on; stop here.

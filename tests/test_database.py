@@ -141,3 +141,41 @@ async def test_many_concurrent_writers_in_one_process_all_commit(store: Store) -
     record = await store.get(SESSION_ID)
     assert record is not None
     assert sorted(record.triggers) == sorted(f"t{n}" for n in range(200))
+
+
+async def test_observe_records_the_first_trigger_with_the_record(store: Store) -> None:
+    now = utcnow()
+    await store.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now, trigger="webhook:evt_1")
+    await store.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
+    record = await store.get(SESSION_ID)
+    assert record is not None
+    assert record.triggers == ["webhook:evt_1"]
+    assert len(record.items) == 3, "observed again, the items are not doubled"
+
+
+async def test_an_items_action_is_written_with_its_outcome(store: Store) -> None:
+    now = utcnow()
+    await store.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
+    assert await store.claim(SESSION_ID, "me", 60, now)
+    await store.item_failed(SESSION_ID, "li_0", "receiver down", action="webhook")
+    assert await store.item_done(SESSION_ID, "li_1", "me", {"links": []}, now, action="download")
+    assert await store.item_done(SESSION_ID, "li_0", "me", {"message": "ok"}, now)
+    assert not await store.item_done(SESSION_ID, "li_2", "someone else", {}, now, action="x")
+    record = await store.get(SESSION_ID)
+    assert record is not None
+    items = {i.line_item_id: i for i in record.items}
+    assert (items["li_0"].status, items["li_0"].action) == ("done", "webhook")
+    assert items["li_0"].result == {"message": "ok"}
+    assert items["li_0"].error is None
+    assert (items["li_1"].status, items["li_1"].action, items["li_1"].result) == (
+        "done",
+        "download",
+        {"links": []},
+    )
+    assert (items["li_2"].status, items["li_2"].action) == ("pending", None)
+    assert not await store.finish(SESSION_ID, "me", now), "an item is not done yet"
+    assert await store.item_done(SESSION_ID, "li_2", "me", {}, now, action="license")
+    assert await store.finish(SESSION_ID, "me", now)
+    record = await store.get(SESSION_ID)
+    assert record is not None
+    assert (record.status, record.fulfilled_at) == ("fulfilled", now)

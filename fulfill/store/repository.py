@@ -121,6 +121,115 @@ _ONE_RECORD = _one_record_query()
 _EVENT_RECORDED = select(webhook_events.c.event_id).where(
     webhook_events.c.event_id == bindparam("event_id")
 )
+
+# -- the writes of every fulfillment, built once ----------------------------------------
+#
+# A statement built per call costs SQLAlchemy more (expressions, cache key)
+# than SQLite takes to run it; these only bind values. Parameters are named
+# b_…: SQLAlchemy keeps a column's own name for the values it sets.
+
+
+def _param(name: str, column: Any = None) -> BindParameter[Any]:
+    """A named parameter, typed like ``column`` (so a dict goes in as JSON)."""
+    return bindparam(name, type_=None if column is None else column.type)
+
+
+_ADD_TRIGGER = insert(fulfillment_triggers)
+_CLAIM = (
+    update(fulfillments)
+    .where(
+        fulfillments.c.session_id == _param("b_session_id"),
+        or_(
+            fulfillments.c.status.in_(CLAIMABLE),
+            and_(
+                fulfillments.c.status == FULFILLING,
+                fulfillments.c.lease_expires_at < _param("b_now", fulfillments.c.updated_at),
+            ),
+        ),
+    )
+    .values(
+        status=FULFILLING,
+        lease_owner=_param("b_owner"),
+        lease_expires_at=_param("b_until", fulfillments.c.lease_expires_at),
+        attempts=fulfillments.c.attempts + 1,
+        updated_at=_param("b_now", fulfillments.c.updated_at),
+    )
+)
+# FOR UPDATE: on PostgreSQL a takeover must wait until an item being recorded
+# is recorded (SQLite already holds the write lock: BEGIN IMMEDIATE).
+_LEASE_HELD = (
+    select(fulfillments.c.session_id)
+    .where(
+        fulfillments.c.session_id == _param("b_session_id"),
+        fulfillments.c.status == FULFILLING,
+        fulfillments.c.lease_owner == _param("b_owner"),
+    )
+    .with_for_update()
+)
+_ITEM = and_(
+    fulfillment_items.c.session_id == _param("b_session_id"),
+    fulfillment_items.c.line_item_id == _param("b_line_item_id"),
+    fulfillment_items.c.status != ITEM_DONE,
+)
+# The action is written with the item's outcome (None keeps what is there).
+_ITEM_DONE = (
+    update(fulfillment_items)
+    .where(_ITEM)
+    .values(
+        status=ITEM_DONE,
+        result=_param("b_result", fulfillment_items.c.result),
+        error=None,
+        done_at=_param("b_now", fulfillment_items.c.done_at),
+        attempts=fulfillment_items.c.attempts + 1,
+        action=func.coalesce(
+            _param("b_action", fulfillment_items.c.action), fulfillment_items.c.action
+        ),
+    )
+)
+_ITEM_FAILED = (
+    update(fulfillment_items)
+    .where(_ITEM)
+    .values(
+        status=ITEM_FAILED,
+        error=_param("b_error", fulfillment_items.c.error),
+        attempts=fulfillment_items.c.attempts + 1,
+        action=func.coalesce(
+            _param("b_action", fulfillment_items.c.action), fulfillment_items.c.action
+        ),
+    )
+)
+_ITEMS_NOT_DONE = (
+    select(func.count())
+    .select_from(fulfillment_items)
+    .where(
+        fulfillment_items.c.session_id == _param("b_session_id"),
+        fulfillment_items.c.status != ITEM_DONE,
+    )
+)
+_FINISH = (
+    update(fulfillments)
+    .where(
+        fulfillments.c.session_id == _param("b_session_id"),
+        fulfillments.c.status == FULFILLING,
+        fulfillments.c.lease_owner == _param("b_owner"),
+    )
+    .values(
+        status=FULFILLED,
+        fulfilled_at=_param("b_now", fulfillments.c.fulfilled_at),
+        updated_at=_param("b_now", fulfillments.c.updated_at),
+        last_error=None,
+        next_attempt_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+)
+_SET_EVENT_OUTCOME = (
+    update(webhook_events)
+    .where(webhook_events.c.event_id == _param("b_event_id"))
+    .values(
+        outcome=_param("b_outcome"), processed_at=_param("b_now", webhook_events.c.processed_at)
+    )
+)
 _ITEMS_AT = 1 + len(_RECORD_FIELDS)
 _TRIGGER_AT = _ITEMS_AT + len(_ITEM_FIELDS)
 
@@ -131,6 +240,18 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._insert = sqlite_insert if database.is_sqlite(engine) else pg_insert
+        self._one_record = database.Query(_ONE_RECORD, engine)
+        self._event_recorded = database.Query(_EVENT_RECORDED, engine)
+        # Inserts that a conflict turns into nothing, per dialect, built once.
+        self._record_once = self._insert(fulfillments).on_conflict_do_nothing(
+            index_elements=["session_id"]
+        )
+        self._items_once = self._insert(fulfillment_items).on_conflict_do_nothing(
+            index_elements=["session_id", "line_item_id"]
+        )
+        self._event_once = self._insert(webhook_events).on_conflict_do_nothing(
+            index_elements=["event_id"]
+        )
         # What the built-in actions deliver: their own queries, same database.
         self.deliverables = Deliverables(engine)
 
@@ -166,8 +287,7 @@ class Store:
 
     async def get(self, session_id: str) -> FulfillmentRecord | None:
         """One record with its items and triggers, in one indexed read."""
-        async with database.read(self.engine) as connection:
-            rows = (await connection.execute(_ONE_RECORD, {"session_id": session_id})).all()
+        rows = await self._one_record.rows(self.engine, {"session_id": session_id})
         record: dict[str, Any] | None = None
         items: list[dict[str, Any]] = []
         triggers: list[str] = []
@@ -316,7 +436,7 @@ class Store:
     async def add_trigger(self, session_id: str, trigger: str, now: datetime) -> None:
         async def work(connection: AsyncConnection) -> None:
             await connection.execute(
-                insert(fulfillment_triggers).values(session_id=session_id, trigger=trigger, at=now)
+                _ADD_TRIGGER, {"session_id": session_id, "trigger": trigger, "at": now}
             )
 
         await self._write(work)
@@ -327,6 +447,8 @@ class Store:
         status: str,
         may_replace: Iterable[str],
         now: datetime,
+        *,
+        trigger: str | None = None,
     ) -> None:
         """Record what the API said about a session.
 
@@ -334,6 +456,7 @@ class Store:
         session's fields, and moves the status to ``status`` only from one of
         ``may_replace``, so a late trigger never moves a record backwards.
         Items already recorded are left alone: a ``done`` item stays done.
+        ``trigger``, if given, is recorded in the same transaction.
         """
         fields = {
             "payment_status": snapshot.payment_status,
@@ -349,16 +472,15 @@ class Store:
 
         async def work(connection: AsyncConnection) -> None:
             inserted = await connection.execute(
-                self._insert(fulfillments)
-                .values(
-                    session_id=snapshot.session_id,
-                    status=status,
-                    attempts=0,
-                    created_at=now,
-                    updated_at=now,
+                self._record_once,
+                {
+                    "session_id": snapshot.session_id,
+                    "status": status,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
                     **fields,
-                )
-                .on_conflict_do_nothing(index_elements=["session_id"])
+                },
             )
             if inserted.rowcount == 0:
                 await connection.execute(
@@ -377,26 +499,28 @@ class Store:
                 )
             if snapshot.items:
                 await connection.execute(
-                    self._insert(fulfillment_items)
-                    .values(
-                        [
-                            {
-                                "session_id": snapshot.session_id,
-                                "line_item_id": item.line_item_id,
-                                "position": item.position,
-                                "price_id": item.price_id,
-                                "product_id": item.product_id,
-                                "description": item.description,
-                                "quantity": item.quantity,
-                                "amount_total": item.amount_total,
-                                "currency": item.currency,
-                                "status": ITEM_PENDING,
-                                "attempts": 0,
-                            }
-                            for item in snapshot.items
-                        ]
-                    )
-                    .on_conflict_do_nothing(index_elements=["session_id", "line_item_id"])
+                    self._items_once,
+                    [
+                        {
+                            "session_id": snapshot.session_id,
+                            "line_item_id": item.line_item_id,
+                            "position": item.position,
+                            "price_id": item.price_id,
+                            "product_id": item.product_id,
+                            "description": item.description,
+                            "quantity": item.quantity,
+                            "amount_total": item.amount_total,
+                            "currency": item.currency,
+                            "status": ITEM_PENDING,
+                            "attempts": 0,
+                        }
+                        for item in snapshot.items
+                    ],
+                )
+            if trigger is not None:
+                await connection.execute(
+                    _ADD_TRIGGER,
+                    {"session_id": snapshot.session_id, "trigger": trigger, "at": now},
                 )
 
         await self._write(work)
@@ -445,24 +569,13 @@ class Store:
 
         async def work(connection: AsyncConnection) -> bool:
             result = await connection.execute(
-                update(fulfillments)
-                .where(
-                    fulfillments.c.session_id == session_id,
-                    or_(
-                        fulfillments.c.status.in_(CLAIMABLE),
-                        and_(
-                            fulfillments.c.status == FULFILLING,
-                            fulfillments.c.lease_expires_at < now,
-                        ),
-                    ),
-                )
-                .values(
-                    status=FULFILLING,
-                    lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=lease),
-                    attempts=fulfillments.c.attempts + 1,
-                    updated_at=now,
-                )
+                _CLAIM,
+                {
+                    "b_session_id": session_id,
+                    "b_owner": owner,
+                    "b_now": now,
+                    "b_until": now + timedelta(seconds=lease),
+                },
             )
             return bool(result.rowcount)
 
@@ -485,19 +598,6 @@ class Store:
 
         return await self._write(work)
 
-    async def set_item_action(self, session_id: str, line_item_id: str, action: str) -> None:
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
-                update(fulfillment_items)
-                .where(
-                    fulfillment_items.c.session_id == session_id,
-                    fulfillment_items.c.line_item_id == line_item_id,
-                )
-                .values(action=action)
-            )
-
-        await self._write(work)
-
     async def item_done(
         self,
         session_id: str,
@@ -505,52 +605,43 @@ class Store:
         owner: str,
         result: dict[str, Any],
         now: datetime,
+        *,
+        action: str | None = None,
     ) -> bool:
-        """Mark an item ``done`` while we still hold the lease; False if we lost it."""
+        """Mark an item ``done`` (by ``action``) while we hold the lease; False if we lost it."""
 
         async def work(connection: AsyncConnection) -> bool:
-            # FOR UPDATE: on PostgreSQL a takeover must wait until this item is
-            # recorded (SQLite already holds the write lock: BEGIN IMMEDIATE).
             held = await connection.scalar(
-                select(fulfillments.c.session_id)
-                .where(
-                    fulfillments.c.session_id == session_id,
-                    fulfillments.c.status == FULFILLING,
-                    fulfillments.c.lease_owner == owner,
-                )
-                .with_for_update()
+                _LEASE_HELD, {"b_session_id": session_id, "b_owner": owner}
             )
             if held is None:
                 return False
             updated = await connection.execute(
-                update(fulfillment_items)
-                .where(
-                    fulfillment_items.c.session_id == session_id,
-                    fulfillment_items.c.line_item_id == line_item_id,
-                    fulfillment_items.c.status != ITEM_DONE,
-                )
-                .values(
-                    status=ITEM_DONE,
-                    result=result,
-                    error=None,
-                    done_at=now,
-                    attempts=fulfillment_items.c.attempts + 1,
-                )
+                _ITEM_DONE,
+                {
+                    "b_session_id": session_id,
+                    "b_line_item_id": line_item_id,
+                    "b_result": result,
+                    "b_now": now,
+                    "b_action": action,
+                },
             )
             return bool(updated.rowcount)
 
         return await self._write(work)
 
-    async def item_failed(self, session_id: str, line_item_id: str, error: str) -> None:
+    async def item_failed(
+        self, session_id: str, line_item_id: str, error: str, *, action: str | None = None
+    ) -> None:
         async def work(connection: AsyncConnection) -> None:
             await connection.execute(
-                update(fulfillment_items)
-                .where(
-                    fulfillment_items.c.session_id == session_id,
-                    fulfillment_items.c.line_item_id == line_item_id,
-                    fulfillment_items.c.status != ITEM_DONE,
-                )
-                .values(status=ITEM_FAILED, error=error, attempts=fulfillment_items.c.attempts + 1)
+                _ITEM_FAILED,
+                {
+                    "b_session_id": session_id,
+                    "b_line_item_id": line_item_id,
+                    "b_error": error,
+                    "b_action": action,
+                },
             )
 
         await self._write(work)
@@ -559,32 +650,10 @@ class Store:
         """``fulfilled``, only if every item is done and we hold the lease."""
 
         async def work(connection: AsyncConnection) -> bool:
-            not_done = await connection.scalar(
-                select(func.count())
-                .select_from(fulfillment_items)
-                .where(
-                    fulfillment_items.c.session_id == session_id,
-                    fulfillment_items.c.status != ITEM_DONE,
-                )
-            )
-            if not_done:
+            if await connection.scalar(_ITEMS_NOT_DONE, {"b_session_id": session_id}):
                 return False
             result = await connection.execute(
-                update(fulfillments)
-                .where(
-                    fulfillments.c.session_id == session_id,
-                    fulfillments.c.status == FULFILLING,
-                    fulfillments.c.lease_owner == owner,
-                )
-                .values(
-                    status=FULFILLED,
-                    fulfilled_at=now,
-                    updated_at=now,
-                    last_error=None,
-                    next_attempt_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+                _FINISH, {"b_session_id": session_id, "b_owner": owner, "b_now": now}
             )
             return bool(result.rowcount)
 
@@ -650,22 +719,20 @@ class Store:
         lock; a new event by the insert's conflict clause, which stays the
         judge when two deliveries race.
         """
-        async with database.read(self.engine) as connection:
-            if await connection.scalar(_EVENT_RECORDED, {"event_id": event_id}) is not None:
-                return False
+        if await self._event_recorded.rows(self.engine, {"event_id": event_id}):
+            return False
 
         async def work(connection: AsyncConnection) -> bool:
             result = await connection.execute(
-                self._insert(webhook_events)
-                .values(
-                    event_id=event_id,
-                    type=event_type,
-                    session_id=session_id,
-                    livemode=livemode,
-                    received_at=now,
-                    outcome=outcome,
-                )
-                .on_conflict_do_nothing(index_elements=["event_id"])
+                self._event_once,
+                {
+                    "event_id": event_id,
+                    "type": event_type,
+                    "session_id": session_id,
+                    "livemode": livemode,
+                    "received_at": now,
+                    "outcome": outcome,
+                },
             )
             return bool(result.rowcount)
 
@@ -674,9 +741,7 @@ class Store:
     async def set_event_outcome(self, event_id: str, outcome: str, now: datetime) -> None:
         async def work(connection: AsyncConnection) -> None:
             await connection.execute(
-                update(webhook_events)
-                .where(webhook_events.c.event_id == event_id)
-                .values(outcome=outcome, processed_at=now)
+                _SET_EVENT_OUTCOME, {"b_event_id": event_id, "b_outcome": outcome, "b_now": now}
             )
 
         await self._write(work)
