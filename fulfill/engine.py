@@ -326,9 +326,9 @@ class Engine:
     async def _perform_items(self, session_id: str, snapshot: SessionSnapshot) -> None:
         record = await self._get(session_id)
         by_id = {item.line_item_id: item for item in snapshot.items}
-        for item in record.items:
-            if item.status == ITEM_DONE:
-                continue
+        pending = [item for item in record.items if item.status != ITEM_DONE]
+        finished: bool | None = None
+        for n, item in enumerate(pending):
             line = by_id.get(item.line_item_id)
             if line is None:
                 raise ActionError(f"line item {item.line_item_id} is no longer in the session")
@@ -357,14 +357,19 @@ class Engine:
             self.metrics.action_seconds.labels(entry.action, "done").observe(
                 time.perf_counter() - started
             )
-            recorded = await self.store.item_done(
-                session_id, item.line_item_id, self.owner, result, self.clock(), action=entry.action
-            )
+            done = (session_id, item.line_item_id, self.owner, result, self.clock())
+            if n == len(pending) - 1:
+                # The last item and the session's end: one transaction.
+                recorded, finished = await self.store.finish_with_item(*done, action=entry.action)
+            else:
+                recorded = await self.store.item_done(*done, action=entry.action)
             if not recorded:
                 # Our lease was taken over: the new owner carries on; stop here.
                 log.warning("lost the lease on %s…; another worker continues", session_id[:16])
                 return
-        if await self.store.finish(session_id, self.owner, self.clock()):
+        if finished is None:  # nothing was left to perform
+            finished = await self.store.finish(session_id, self.owner, self.clock())
+        if finished:
             self.metrics.fulfillments.labels("fulfilled").inc()
             log.info("fulfilled")
         else:

@@ -179,3 +179,21 @@ async def test_an_items_action_is_written_with_its_outcome(store: Store) -> None
     record = await store.get(SESSION_ID)
     assert record is not None
     assert (record.status, record.fulfilled_at) == ("fulfilled", now)
+
+
+async def test_the_last_item_and_the_sessions_end_in_one_write(store: Store) -> None:
+    now = utcnow()
+    await store.observe(snapshot(2), PENDING, MAY_REPLACE[PENDING], now)
+    assert await store.claim(SESSION_ID, "me", 60, now)
+    assert await store.finish_with_item(SESSION_ID, "li_0", "me", {}, now) == (True, False), (
+        "an item is still pending: not fulfilled"
+    )
+    assert await store.finish_with_item(SESSION_ID, "li_1", "other", {}, now) == (False, False)
+    assert await store.finish_with_item(SESSION_ID, "li_1", "me", {}, now, action="x") == (
+        True,
+        True,
+    )
+    record = await store.get(SESSION_ID)
+    assert record is not None
+    assert record.status == "fulfilled"
+    assert [i.status for i in record.items] == ["done", "done"]

@@ -568,16 +568,7 @@ class Store:
         """
 
         async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(
-                _CLAIM,
-                {
-                    "b_session_id": session_id,
-                    "b_owner": owner,
-                    "b_now": now,
-                    "b_until": now + timedelta(seconds=lease),
-                },
-            )
-            return bool(result.rowcount)
+            return await _claim(connection, session_id, owner, lease, now)
 
         return await self._write(work)
 
@@ -611,22 +602,34 @@ class Store:
         """Mark an item ``done`` (by ``action``) while we hold the lease; False if we lost it."""
 
         async def work(connection: AsyncConnection) -> bool:
-            held = await connection.scalar(
-                _LEASE_HELD, {"b_session_id": session_id, "b_owner": owner}
+            return await _item_done(
+                connection, session_id, line_item_id, owner, result, now, action
             )
-            if held is None:
-                return False
-            updated = await connection.execute(
-                _ITEM_DONE,
-                {
-                    "b_session_id": session_id,
-                    "b_line_item_id": line_item_id,
-                    "b_result": result,
-                    "b_now": now,
-                    "b_action": action,
-                },
-            )
-            return bool(updated.rowcount)
+
+        return await self._write(work)
+
+    async def finish_with_item(
+        self,
+        session_id: str,
+        line_item_id: str,
+        owner: str,
+        result: dict[str, Any],
+        now: datetime,
+        *,
+        action: str | None = None,
+    ) -> tuple[bool, bool]:
+        """``item_done`` for the last item, then ``finish``, in one transaction.
+
+        Returns (item recorded, session fulfilled); nothing is finished when
+        the item could not be recorded.
+        """
+
+        async def work(connection: AsyncConnection) -> tuple[bool, bool]:
+            if not await _item_done(
+                connection, session_id, line_item_id, owner, result, now, action
+            ):
+                return False, False
+            return True, await _finish(connection, session_id, owner, now)
 
         return await self._write(work)
 
@@ -650,12 +653,7 @@ class Store:
         """``fulfilled``, only if every item is done and we hold the lease."""
 
         async def work(connection: AsyncConnection) -> bool:
-            if await connection.scalar(_ITEMS_NOT_DONE, {"b_session_id": session_id}):
-                return False
-            result = await connection.execute(
-                _FINISH, {"b_session_id": session_id, "b_owner": owner, "b_now": now}
-            )
-            return bool(result.rowcount)
+            return await _finish(connection, session_id, owner, now)
 
         return await self._write(work)
 
@@ -780,6 +778,55 @@ class Store:
                 .limit(limit)
             )
             return [dict(r._mapping) for r in rows]
+
+
+async def _claim(
+    connection: AsyncConnection, session_id: str, owner: str, lease: float, now: datetime
+) -> bool:
+    result = await connection.execute(
+        _CLAIM,
+        {
+            "b_session_id": session_id,
+            "b_owner": owner,
+            "b_now": now,
+            "b_until": now + timedelta(seconds=lease),
+        },
+    )
+    return bool(result.rowcount)
+
+
+async def _item_done(
+    connection: AsyncConnection,
+    session_id: str,
+    line_item_id: str,
+    owner: str,
+    result: dict[str, Any],
+    now: datetime,
+    action: str | None,
+) -> bool:
+    held = await connection.scalar(_LEASE_HELD, {"b_session_id": session_id, "b_owner": owner})
+    if held is None:
+        return False
+    updated = await connection.execute(
+        _ITEM_DONE,
+        {
+            "b_session_id": session_id,
+            "b_line_item_id": line_item_id,
+            "b_result": result,
+            "b_now": now,
+            "b_action": action,
+        },
+    )
+    return bool(updated.rowcount)
+
+
+async def _finish(connection: AsyncConnection, session_id: str, owner: str, now: datetime) -> bool:
+    if await connection.scalar(_ITEMS_NOT_DONE, {"b_session_id": session_id}):
+        return False
+    result = await connection.execute(
+        _FINISH, {"b_session_id": session_id, "b_owner": owner, "b_now": now}
+    )
+    return bool(result.rowcount)
 
 
 def _record(row: Any, items: Sequence[Any], triggers: list[str]) -> FulfillmentRecord:
