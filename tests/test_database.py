@@ -197,3 +197,51 @@ async def test_the_last_item_and_the_sessions_end_in_one_write(store: Store) -> 
     assert record is not None
     assert record.status == "fulfilled"
     assert [i.status for i in record.items] == ["done", "done"]
+
+
+async def test_writers_of_two_processes_take_turns_and_a_cancelled_one_gives_its_turn_back(
+    tmp_path: Path,
+) -> None:
+    # Two engines on one file hold two open files of its lock, as two processes would.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = await Store.open(url), await Store.open(url, migrate=False)
+    try:
+        now = utcnow()
+        await first.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
+        inside, leave = asyncio.Event(), asyncio.Event()
+
+        async def slow(connection: AsyncConnection) -> None:
+            inside.set()
+            await leave.wait()
+
+        holder = asyncio.create_task(write(first.engine, slow))
+        await inside.wait()
+        waiter = asyncio.create_task(second.add_trigger(SESSION_ID, "second", now))
+        await asyncio.sleep(0.2)
+        assert not waiter.done(), "the other process's writer waits for its turn"
+        leave.set()
+        async with asyncio.timeout(5):
+            await holder
+            await waiter
+
+        # A writer cancelled while it waits gives the turn back once it gets it.
+        inside.clear()
+        leave.clear()
+        holder = asyncio.create_task(write(first.engine, slow))
+        await inside.wait()
+        waiter = asyncio.create_task(second.add_trigger(SESSION_ID, "cancelled", now))
+        await asyncio.sleep(0.2)
+        waiter.cancel()
+        leave.set()
+        async with asyncio.timeout(5):
+            await holder
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            await second.add_trigger(SESSION_ID, "after", now)
+            await first.add_trigger(SESSION_ID, "first again", now)
+        record = await first.get(SESSION_ID)
+        assert record is not None
+        assert record.triggers == ["second", "after", "first again"]
+    finally:
+        await first.close()
+        await second.close()

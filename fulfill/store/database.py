@@ -7,11 +7,11 @@ process wrote in between (SQLITE_BUSY_SNAPSHOT ignores the busy timeout);
 taking the write lock up front turns that into waiting. Connections opened
 with ``read`` begin no transaction at all: each statement reads one WAL
 snapshot, which neither waits for the writer nor holds it up, so a page view
-or a duplicate webhook never queues behind fulfillments. Writers of one process queue on an
-``asyncio.Lock`` before they ask SQLite: waiting in SQLite's busy handler
-means sleeping 1, 2, 5 … 100 ms between polls, so under load most of the
-lock's time would be spent asleep; the in-process queue hands it over at
-once (other processes still meet at the busy timeout).
+or a duplicate webhook never queues behind fulfillments. Writers take turns
+(``WriteTurn``) before they ask SQLite: an ``asyncio.Lock`` in the process,
+an ``flock`` on ``<database>.writer`` across processes. Waiting in SQLite's
+busy handler means sleeping 1, 2, 5 … 100 ms between polls, so under load
+most of the lock's time was spent asleep; the turn is handed over at once.
 
 PostgreSQL: asyncpg with a pool; migrations under an advisory lock so that
 several instances starting at once apply them once.
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -45,9 +47,80 @@ MIGRATION_LOCK_KEY = 0x46554C46
 # The execution option that marks a connection as only reading (see ``read``).
 READ_ONLY = "fulfill_read_only"
 
-# One queue of writers per SQLite engine (see the module docstring); weak, so
-# that an engine disposed of takes its lock with it.
-_write_locks: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+class WriteTurn:
+    """Whose turn it is to write to one SQLite file: one writer at a time, without sleeping.
+
+    In this process an ``asyncio.Lock``; across processes an exclusive
+    ``flock`` on ``<database>.writer`` next to the file, which the kernel
+    hands to the next waiter the moment it is released (SQLite's own lock can
+    only be polled, by sleeps of up to 100 ms). It only orders writers: each
+    still begins ``IMMEDIATE``, so SQLite's lock keeps deciding, and a writer
+    that does not take the turn (another tool) is merely not queued.
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self.lock = asyncio.Lock()
+        self.path = f"{database}.writer" if database and database != ":memory:" else None
+        self._fd: int | None = None
+        self._closer: weakref.finalize[Any, Any] | None = None
+
+    def _file(self) -> int | None:
+        if self._fd is None and self.path is not None:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                self.path = None  # a read-only folder: SQLite's own lock alone
+            else:
+                # Closed with the engine (``dispose``), or at the latest when collected.
+                self._closer = weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+    async def __aenter__(self) -> None:
+        await self.lock.acquire()
+        fd = self._file()
+        if fd is None:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except BaseException:
+            self.lock.release()
+            raise
+        waiting = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # The thread takes the file lock whatever happens now: give it and
+            # this process's turn back only then, or another writer here would
+            # believe it held a lock the thread is about to take.
+            waiting.add_done_callback(self._give_back)
+            raise
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _give_back(self, waiting: asyncio.Future[None]) -> None:
+        if self._fd is not None and not waiting.cancelled() and waiting.exception() is None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self.lock.release()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self.lock.release()
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+        self._fd = None
+
+
+# One turn per SQLite engine (see the module docstring); weak, so that an
+# engine disposed of takes its turn with it.
+_write_turns: weakref.WeakKeyDictionary[AsyncEngine, WriteTurn] = weakref.WeakKeyDictionary()
 
 
 def async_url(url: str) -> str:
@@ -204,10 +277,12 @@ async def write(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable
     ``work`` must only use the connection it is given: on SQLite the
     process's other writers wait for it.
     """
-    lock: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+    turn: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
     if is_sqlite(engine):
-        lock = _write_locks.setdefault(engine, asyncio.Lock())
-    async with lock:
+        turn = _write_turns.get(engine) or _write_turns.setdefault(
+            engine, WriteTurn(engine.url.database)
+        )
+    async with turn:
         for attempt in range(5):
             try:
                 async with engine.begin() as connection:
@@ -217,6 +292,14 @@ async def write(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+async def dispose(engine: AsyncEngine) -> None:
+    """Close the engine's connections (and its writers' lock file)."""
+    turn = _write_turns.pop(engine, None)
+    if turn is not None:
+        turn.close()
+    await engine.dispose()
 
 
 async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:

@@ -263,7 +263,7 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await database.dispose(self.engine)
 
     async def ping(self) -> bool:
         return await database.ping(self.engine)
