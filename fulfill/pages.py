@@ -24,6 +24,9 @@ PRIVATE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
+    # The templates ship with the package: compiled once, never stat()ed again
+    # on each page (a landing page is base.html, landing.html and includes).
+    auto_reload=False,
 )
 
 # https://docs.stripe.com/currencies#zero-decimal
