@@ -21,8 +21,8 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check fulfill tests
-	$(BIN)/ruff format --check fulfill tests
+	$(BIN)/ruff check fulfill tests bench
+	$(BIN)/ruff format --check fulfill tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -36,6 +36,14 @@ pytest: $(STAMP)
 # performed twice (docs/soak.md). `make test` runs 500 of them (tests/test_soak.py).
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
+
+# Not part of `make test`: the service next to a bare server on the same stack,
+# on 127.0.0.1 against the emulator (100 ms API latency): new sessions by webhook
+# at rising rates, duplicate webhooks, landing pages, API calls per session, peak
+# RSS; SQLite with 1 and 2 processes, PostgreSQL when it answers. One table and
+# var/bench.json in about 5 minutes (docs/benchmark.md); BENCH_ARGS=--help.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Regenerate uv.lock and requirements.lock after changing dependencies in pyproject.toml.
 lock:
