@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpx
+from bench.http import ClientError
 
-# Sends request number ``n`` with a client; returns the HTTP status (0: no answer).
-Send = Callable[[httpx.AsyncClient, int], Awaitable[int]]
+# Sends request number ``n``; returns the HTTP status (raises ClientError: no answer).
+Send = Callable[[int], Awaitable[int]]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,17 +59,17 @@ class Run:
         return percentile(self.latencies, q)
 
 
-async def _timed(send: Send, http: httpx.AsyncClient, n: int, due: float, run: Run) -> None:
+async def _timed(send: Send, n: int, due: float, run: Run) -> None:
     try:
-        status = await send(http, n)
-    except httpx.HTTPError:
+        status = await send(n)
+    except ClientError:
         status = 0
     run.statuses[status] += 1
     if status:
         run.latencies.append(asyncio.get_running_loop().time() - due)
 
 
-async def open_loop(clients: Clients, send: Send, rate: float, count: int) -> Run:
+async def open_loop(send: Send, rate: float, count: int) -> Run:
     """``count`` requests at ``rate`` per second, latencies from their scheduled starts."""
     loop = asyncio.get_running_loop()
     run = Run()
@@ -84,14 +84,14 @@ async def open_loop(clients: Clients, send: Send, rate: float, count: int) -> Ru
             await asyncio.sleep(delay)
         last_start = loop.time()
         run.scheduled.append(wall + n / rate)
-        tasks.append(asyncio.create_task(_timed(send, clients.pick(n), n, due, run)))
+        tasks.append(asyncio.create_task(_timed(send, n, due, run)))
     await asyncio.gather(*tasks)
     run.elapsed = loop.time() - start
     run.send_span = last_start - start
     return run
 
 
-async def closed_loop(clients: Clients, send: Send, concurrency: int, seconds: float) -> Run:
+async def closed_loop(send: Send, concurrency: int, seconds: float) -> Run:
     """``concurrency`` clients sending back to back for ``seconds``."""
     loop = asyncio.get_running_loop()
     run = Run()
@@ -99,45 +99,11 @@ async def closed_loop(clients: Clients, send: Send, concurrency: int, seconds: f
     stop = start + seconds
     counter = iter(range(1 << 62))
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client() -> None:
         while loop.time() < stop:
-            await _timed(send, http, next(counter), loop.time(), run)
+            await _timed(send, next(counter), loop.time(), run)
 
-    await asyncio.gather(*(client(clients.pick(n)) for n in range(concurrency)))
+    await asyncio.gather(*(client() for _ in range(concurrency)))
     run.elapsed = loop.time() - start
     run.send_span = run.elapsed
     return run
-
-
-class Clients:
-    """Keep-alive HTTP clients to one server, a few requests in flight on each.
-
-    httpx's connection pool costs more per request the more requests share
-    it (with 32 in flight on one client, about five times as much CPU as with
-    one): this load generator would measure itself. So each closed-loop
-    worker gets its own client, and open-loop requests take turns.
-    """
-
-    def __init__(self, base_url: str, count: int = 32) -> None:
-        self.base_url = base_url
-        self.all = [
-            httpx.AsyncClient(
-                base_url=base_url,
-                timeout=httpx.Timeout(60.0),
-                # Shorter than uvicorn's keep-alive (5 s): a connection the
-                # server is closing is never reused (a spurious ReadError).
-                limits=httpx.Limits(
-                    max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0
-                ),
-            )
-            for _ in range(count)
-        ]
-
-    def pick(self, n: int) -> httpx.AsyncClient:
-        return self.all[n % len(self.all)]
-
-    async def __aenter__(self) -> Clients:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(http.aclose() for http in self.all))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
+import math
 import shutil
 import sys
 import time
@@ -29,9 +29,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import uvloop
+
 from bench import report
 from bench.database import Database, SQLite, postgres_database, postgres_reachable
-from bench.load import Clients
+from bench.http import Pool
 from bench.scenarios import (
     WEBHOOK_SECRET,
     ApiCalls,
@@ -42,12 +44,13 @@ from bench.scenarios import (
     ceiling,
     duplicates,
     landing,
+    record_sessions,
+    wait_fulfilled,
     webhook_step,
 )
 from bench.shop import Paid, Shop
-from bench.stack import Process, start_ceiling, start_emulator, start_service
+from bench.stack import ROOT, Process, start_ceiling, start_emulator, start_service
 
-ROOT = Path(__file__).resolve().parent.parent
 STRIPE_KEY = "sk_test_bench"
 CATALOG = """
 [[product]]
@@ -67,6 +70,7 @@ class Options:
     concurrency: int
     workers: tuple[int, ...]
     postgres: bool
+    scenarios: frozenset[int]
     profile: bool
     folder: Path
     out: Path
@@ -78,6 +82,7 @@ class Config:
 
     database: str
     workers: int
+    ceiling_rps: float  # the bare server's, with as many processes
     steps: list[Step] = field(default_factory=list)
     duplicates: Throughput | None = None
     landing: Throughput | None = None
@@ -114,7 +119,6 @@ def service_env(
         # The bench is one client (127.0.0.1) visiting many sessions it just bought.
         "FULFILL_LOOKUPS_PER_CLIENT": "1000000",
         "FULFILL_LOOKUPS_PER_SECOND": "1000000",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         "BENCH_ACTION_LOG": str(action_log),
         # Once the service sends mail, a fulfilled session with no SMTP URL set
         # writes an .eml file: into this run's folder, not the project's var/outbox.
@@ -140,70 +144,111 @@ async def database_for(kind: str, folder: Path, workers: int) -> AsyncIterator[D
 
 
 def say(text: str) -> None:
+    """A line of progress on stderr (the table goes to stdout at the end)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def run_config(
-    config: Config, options: Options, emulator: Process, ceiling_rps: float
-) -> None:
+async def run_config(config: Config, options: Options, emulator: Process, baseline: float) -> None:
     folder = options.folder
     name = f"service-{config.database.lower()}-{config.workers}"
     action_log = folder / f"{name}.actions"
     action_log.unlink(missing_ok=True)
     shop = Shop(emulator.url, STRIPE_KEY)
-    await shop.reset()
-    async with database_for(config.database, folder, config.workers) as database:
-        env = service_env(folder, emulator.url, database, action_log)
-        service = await asyncio.to_thread(
-            start_service, name, folder, env, workers=config.workers, profile=options.profile
-        )
-        try:
-            async with Clients(service.url) as clients:
-                target = Target(service, clients, emulator)
-                await scenarios(config, options, target, shop, database)
-            config.peak_rss_mb = service.peak_rss_mb()
-        finally:
-            service.stop()
-            await shop.close()
+    try:
+        await shop.reset()
+        async with database_for(config.database, folder, config.workers) as database:
+            env = service_env(folder, emulator.url, database, action_log)
+            say(f"{config.name}: starting the service")
+            service = await asyncio.to_thread(
+                start_service, name, folder, env, workers=config.workers, profile=options.profile
+            )
+            try:
+                async with Pool(service.url) as pool:
+                    target = Target(service, pool, emulator)
+                    await scenarios(config, options, target, shop, database, baseline)
+                config.peak_rss_mb = service.peak_rss_mb()
+            finally:
+                await asyncio.to_thread(service.stop)
+    finally:
+        await shop.close()
     performed = Counter(action_log.read_text().split()) if action_log.exists() else Counter()
     config.performed = len(performed)
     config.performed_twice = sum(1 for n in performed.values() if n > 1)
 
 
 async def scenarios(
-    config: Config, options: Options, target: Target, shop: Shop, database: Database
+    config: Config,
+    options: Options,
+    target: Target,
+    shop: Shop,
+    database: Database,
+    baseline: float,
 ) -> None:
-    # What one process on SQLite sustains is the baseline; the others start
-    # near it, to keep the run within a few minutes.
-    lowest = 100 if config.workers > 1 else 50 if config.database != "SQLite" else 0
-    rates = [r for r in options.rates if r >= lowest]
     recorded: list[Paid] = []
-    for rate in rates:
-        say(f"{config.name}: new sessions by webhook at {rate:g}/s")
-        step, paid = await webhook_step(target, shop, database, rate, options.step_seconds)
-        config.steps.append(step)
-        recorded += paid
-        say(
-            f"  {step.fulfilled}/{step.sessions} fulfilled, ack p99 {step.ack_p99 * 1000:.0f} ms,"
-            f" {'sustained' if step.sustained else 'NOT sustained'}"
-        )
-        if not step.sustained:
-            break
+    if 2 in options.scenarios:
+        # Configurations after the first start at half what it sustained: the
+        # steps below that would only lengthen the run.
+        rates = [r for r in options.rates if r >= baseline / 2] or list(options.rates[-1:])
+        for rate in rates:
+            say(
+                f"{config.name}: new sessions by webhook, {rate:g}/s for {options.step_seconds:g} s"
+            )
+            step, paid = await webhook_step(target, shop, database, rate, options.step_seconds)
+            config.steps.append(step)
+            recorded += paid
+            say(
+                f"  {step.fulfilled}/{step.sessions} fulfilled at {step.fulfilled_rate:.0f}/s,"
+                f" ack p99 {_ms(step.ack_p99)}, fulfilled p99 {_ms(step.fulfil_p99)}:"
+                f" {'sustained' if step.sustained else 'NOT sustained'}"
+            )
+            if not step.sustained:
+                if step.fulfilled < step.sessions:
+                    # Not measured: a backlog left behind would load what comes next.
+                    await wait_fulfilled(database, [p.session_id for p in paid], timeout=60)
+                break
     concurrency, seconds = options.concurrency, options.closed_seconds
-    say(f"{config.name}: duplicate deliveries")
-    config.duplicates = await duplicates(
-        target, recorded[-2000:], concurrency=concurrency, seconds=seconds
-    )
-    say(f"{config.name}: landing-page visits")
-    fulfilled = [p.session_id for p in recorded[-500:]]
-    config.landing = await landing(target, fulfilled, concurrency=concurrency, seconds=seconds)
-    if config.workers == 1:
+    if options.scenarios & {3, 4} and len(recorded) < 200:
+        say(f"{config.name}: recording sessions for scenarios 3 and 4 (not measured)")
+        recorded += await record_sessions(target, shop, database, 200 - len(recorded))
+    if 3 in options.scenarios:
+        say(f"{config.name}: duplicate deliveries, {concurrency} clients for {seconds:g} s")
+        config.duplicates = await duplicates(
+            target, recorded[-2000:], concurrency=concurrency, seconds=seconds
+        )
+        say(f"  {config.duplicates.rps:.0f} requests/s, p99 {_ms(config.duplicates.p99)}")
+    if 4 in options.scenarios:
+        say(f"{config.name}: landing-page visits, {concurrency} clients for {seconds:g} s")
+        fulfilled = [p.session_id for p in recorded[-500:]]
+        config.landing = await landing(target, fulfilled, concurrency=concurrency, seconds=seconds)
+        say(f"  {config.landing.rps:.0f} requests/s, p99 {_ms(config.landing.p99)}")
+    if 5 in options.scenarios and config.workers == 1:
         for items in (1, 10, 25):
             for duplicated in (False, True):
-                say(f"{config.name}: API calls, {items} items, duplicates {duplicated}")
-                config.api_calls.append(
-                    await api_calls(target, shop, database, items=items, duplicated=duplicated)
+                calls = await api_calls(target, shop, database, items=items, duplicated=duplicated)
+                config.api_calls.append(calls)
+                say(
+                    f"{config.name}: {items} items{', duplicate triggers' if duplicated else ''}:"
+                    f" {calls.per_session:.2f} API calls per session"
+                    f" ({calls.fulfilled}/{calls.sessions} fulfilled)"
                 )
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"
+
+
+async def measure_ceiling(options: Options, workers: int) -> Throughput:
+    say(f"ceiling: a bare Starlette app under uvicorn x{workers}")
+    bare = await asyncio.to_thread(start_ceiling, options.folder, workers)
+    try:
+        async with Pool(bare.url) as pool:
+            top = await ceiling(
+                Target(bare, pool), concurrency=options.concurrency, seconds=options.closed_seconds
+            )
+    finally:
+        await asyncio.to_thread(bare.stop)
+    say(f"  {top.rps:.0f} requests/s, p99 {_ms(top.p99)}")
+    return top
 
 
 async def bench(options: Options) -> dict[str, object]:
@@ -214,16 +259,8 @@ async def bench(options: Options) -> dict[str, object]:
     say(f"emulator with {options.latency_ms:g} ms API latency; logs in {folder}")
     emulator = await asyncio.to_thread(start_emulator, folder, options.latency_ms)
     configs: list[Config] = []
+    ceilings: dict[int, Throughput] = {}
     with running(emulator):
-        say("ceiling: a bare Starlette app under uvicorn")
-        with running(await asyncio.to_thread(start_ceiling, folder)) as bare:
-            async with Clients(bare.url) as clients:
-                top = await ceiling(
-                    Target(bare, clients),
-                    concurrency=options.concurrency,
-                    seconds=options.closed_seconds,
-                )
-        say(f"  {top.rps:.0f} requests/s")
         plan = [("SQLite", workers) for workers in options.workers]
         skipped: str | None = None
         if options.postgres:
@@ -232,61 +269,111 @@ async def bench(options: Options) -> dict[str, object]:
                 plan.append(("PostgreSQL", 1))
             else:
                 say(f"PostgreSQL skipped: {skipped}")
+        for workers in sorted({w for _, w in plan}):
+            ceilings[workers] = await measure_ceiling(options, workers)
+        baseline = 0.0
         for database, workers in plan:
-            config = Config(database, workers)
+            config = Config(database, workers, ceilings[workers].rps)
             configs.append(config)
             try:
-                await run_config(config, options, emulator, top.rps)
+                await run_config(config, options, emulator, baseline)
             except Exception as exc:
                 config.error = f"{type(exc).__name__}: {exc}"
                 say(f"{config.name} failed: {config.error}")
-    return report.build(options, top, configs, postgres_skipped=skipped)
+            if not baseline:
+                baseline = config.sustained or 0.0
+    return report.build(options, ceilings, configs, postgres_skipped=skipped)
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--latency-ms", type=float, default=100, help="emulator API latency")
+    parser = argparse.ArgumentParser(
+        prog="make bench BENCH_ARGS=… (or python -m bench)",
+        description=(
+            "Measure the service next to a bare server on the same stack, on 127.0.0.1: "
+            "1 the ceiling, 2 new sessions by webhook at rising rates, 3 duplicate "
+            "deliveries, 4 landing pages, 5 Stripe API calls per session, 6 peak RSS. "
+            "Prints one table and writes JSON; see docs/benchmark.md."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=100, help="the emulator's Stripe API latency"
+    )
     parser.add_argument(
         "--rates",
-        default="25,50,100,125,150,175,200,250,300",
-        help="offered rates of new sessions per second, in order; stops at the first not sustained",
+        default="25,50,75,100,125,150,200",
+        help="offered rates of new sessions per second (scenario 2), in order;"
+        " stops at the first not sustained",
     )
-    parser.add_argument("--step-seconds", type=float, default=6, help="seconds per offered rate")
     parser.add_argument(
-        "--closed-seconds", type=float, default=5, help="seconds per closed-loop measurement"
+        "--step-seconds", type=float, default=6, help="seconds of each offered rate"
     )
-    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
-    parser.add_argument("--workers", default="1,2", help="service processes to try on SQLite")
+    parser.add_argument(
+        "--closed-seconds",
+        type=float,
+        default=5,
+        help="seconds of each closed-loop measurement (scenarios 1, 3, 4)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="requests in flight in closed loops"
+    )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="`fulfill serve --workers` values to run on SQLite, comma-separated",
+    )
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     parser.add_argument(
-        "--profile", action="store_true", help="run the service under pyinstrument (HTML reports)"
+        "--scenarios",
+        default="2,3,4,5",
+        help="which of scenarios 2-5 to run (1 and 6 always are), comma-separated",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
-    parser.add_argument("--folder", type=Path, default=ROOT / "var" / "bench")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the service under pyinstrument; samples in FOLDER/service-*.pyisession",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "var" / "bench.json", help="the JSON results"
+    )
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=ROOT / "var" / "bench",
+        help="databases and logs of the run (emptied first)",
+    )
     args = parser.parse_args(argv)
+    try:
+        rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
+        workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
+        chosen = frozenset(int(n) for n in args.scenarios.split(",") if n.strip())
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not rates or any(r <= 0 for r in rates):
+        parser.error("--rates: one or more rates above 0")
+    if not workers or any(w < 1 for w in workers):
+        parser.error("--workers: one or more counts of 1 or more")
+    if not chosen <= {2, 3, 4, 5}:
+        parser.error("--scenarios: numbers from 2 to 5")
     return Options(
         latency_ms=args.latency_ms,
-        rates=tuple(float(r) for r in args.rates.split(",") if r.strip()),
+        rates=rates,
         step_seconds=args.step_seconds,
         closed_seconds=args.closed_seconds,
         concurrency=args.concurrency,
-        workers=tuple(int(w) for w in args.workers.split(",") if w.strip()),
+        workers=workers,
         postgres=not args.no_postgres,
+        scenarios=chosen,
         profile=args.profile,
-        folder=args.folder,
-        out=args.out,
+        folder=args.folder.resolve(),
+        out=args.out.resolve(),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     options = parse(argv)
     started = time.monotonic()
-    runner_options: dict[str, object] = {}
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner_options["loop_factory"] = uvloop.new_event_loop
-    with asyncio.Runner(**runner_options) as runner:  # type: ignore[arg-type]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         results = runner.run(bench(options))
     results["seconds"] = round(time.monotonic() - started, 1)
     results["out"] = str(options.out)

@@ -7,29 +7,44 @@ Times are seconds here; the report shows milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
 from dataclasses import dataclass, field
 
-import httpx
-
 from bench.database import Database
-from bench.load import Clients, Run, Send, closed_loop, open_loop, percentile
+from bench.http import ClientError, Pool
+from bench.load import Run, Send, closed_loop, open_loop, percentile
 from bench.shop import Paid, Shop, signed_headers
 from bench.stack import Process
 
 WEBHOOK_SECRET = "whsec_bench_0123456789abcdefghijklmnop"  # noqa: S105 - the bench's own
 # Stripe's expanded line_items carries 10; the service asks for the rest 100 a page.
 FIRST_PAGE, NEXT_PAGES = 10, 100
+WARM_UP = 1.0  # seconds of unmeasured load before each closed-loop measurement
+
+
+def webhook_request(pool: Pool, paid: Paid) -> bytes:
+    """The delivery of ``paid``'s completed event, signed now, as Stripe sends it."""
+    return pool.build(
+        "POST",
+        "/webhooks/stripe",
+        signed_headers(paid.payload, WEBHOOK_SECRET),
+        paid.payload,
+    )
+
+
+def landing_request(pool: Pool, session_id: str, accept: str) -> bytes:
+    return pool.build("GET", f"/checkout/complete?session_id={session_id}", {"Accept": accept})
 
 
 @dataclass
 class Target:
-    """Who is under load: the process (whose CPU counts) and clients to it."""
+    """Who is under load: the process (whose CPU counts) and connections to it."""
 
     process: Process
-    clients: Clients
+    pool: Pool
     emulator: Process | None = None  # its CPU counts as Stripe's, not the service's
 
 
@@ -103,9 +118,13 @@ def _cpu() -> float:
 async def measure(
     name: str, target: Target, send: Send, *, concurrency: int, seconds: float
 ) -> Throughput:
-    """Closed-loop load with ``send``, and what it cost the server and this client."""
+    """Closed-loop load with ``send``, and what it cost the server and this client.
+
+    A short unmeasured warm-up first: connections opened, caches filled.
+    """
+    await closed_loop(send, concurrency, min(WARM_UP, seconds))
     server0, client0 = target.process.cpu_seconds(), _cpu()
-    run: Run = await closed_loop(target.clients, send, concurrency, seconds)
+    run: Run = await closed_loop(send, concurrency, seconds)
     server, client = target.process.cpu_seconds() - server0, _cpu() - client0
     return Throughput(
         name=name,
@@ -123,8 +142,10 @@ async def measure(
 async def ceiling(target: Target, *, concurrency: int, seconds: float) -> Throughput:
     """1. A bare endpoint on the same stack: the most this client and server can do."""
 
-    async def send(http: httpx.AsyncClient, n: int) -> int:
-        return (await http.get("/")).status_code
+    request = target.pool.build("GET", "/")
+
+    async def send(n: int) -> int:
+        return (await target.pool.send(request)).status
 
     return await measure("ceiling", target, send, concurrency=concurrency, seconds=seconds)
 
@@ -147,18 +168,16 @@ async def webhook_step(
 ) -> tuple[Step, list[Paid]]:
     """2. New paid sessions whose completed events arrive at ``rate`` per second."""
     paid = await shop.paid_sessions(max(1, round(rate * seconds)))
+    # Signed now: a signature stays valid for the tolerance (300 s), far longer than a step.
+    requests = [webhook_request(target.pool, p) for p in paid]
 
-    async def send(http: httpx.AsyncClient, n: int) -> int:
-        payload = paid[n].payload
-        answer = await http.post(
-            "/webhooks/stripe", content=payload, headers=signed_headers(payload, WEBHOOK_SECRET)
-        )
-        return answer.status_code
+    async def send(n: int) -> int:
+        return (await target.pool.send(requests[n])).status
 
     emulator = target.emulator
     server0, client0 = target.process.cpu_seconds(), _cpu()
     emulator0 = emulator.cpu_seconds() if emulator else 0.0
-    run = await open_loop(target.clients, send, rate, len(paid))
+    run = await open_loop(send, rate, len(paid))
     client = _cpu() - client0
     done = await wait_fulfilled(database, [p.session_id for p in paid], timeout=15)
     server = target.process.cpu_seconds() - server0
@@ -186,19 +205,35 @@ async def webhook_step(
     return step, paid
 
 
+async def record_sessions(
+    target: Target, shop: Shop, database: Database, count: int, *, concurrency: int = 16
+) -> list[Paid]:
+    """``count`` sessions paid, delivered and fulfilled, unmeasured (for scenarios 3, 4)."""
+    paid = await shop.paid_sessions(count)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def deliver(p: Paid) -> None:
+        async with slots:
+            with contextlib.suppress(ClientError):
+                await target.pool.send(webhook_request(target.pool, p))
+
+    await asyncio.gather(*(deliver(p) for p in paid))
+    done = await wait_fulfilled(database, [p.session_id for p in paid], timeout=60)
+    return [p for p in paid if p.session_id in done]
+
+
 async def duplicates(
     target: Target, paid: list[Paid], *, concurrency: int, seconds: float
 ) -> Throughput:
     """3. Redeliveries of events already recorded: acknowledged at once, without work."""
     # Signed once: a signature stays valid for the tolerance (300 s), far longer than this.
-    requests = [(p.payload, signed_headers(p.payload, WEBHOOK_SECRET)) for p in paid]
+    requests = [webhook_request(target.pool, p) for p in paid]
 
-    async def send(http: httpx.AsyncClient, n: int) -> int:
-        payload, headers = requests[n % len(requests)]
-        answer = await http.post("/webhooks/stripe", content=payload, headers=headers)
-        if answer.status_code == 200 and b"duplicate" not in answer.content:
+    async def send(n: int) -> int:
+        answer = await target.pool.send(requests[n % len(requests)])
+        if answer.status == 200 and b'"duplicate"' not in answer.body:
             return 299  # an answer, but not a duplicate's: counted apart
-        return answer.status_code
+        return answer.status
 
     return await measure("duplicates", target, send, concurrency=concurrency, seconds=seconds)
 
@@ -207,26 +242,24 @@ async def landing(
     target: Target, session_ids: list[str], *, concurrency: int, seconds: float
 ) -> Throughput:
     """4. Customers (re)loading the landing page of fulfilled orders, as HTML."""
-    headers = {"Accept": "text/html"}
-
-    async def visit(http: httpx.AsyncClient, session_id: str) -> int:
-        answer = await http.get(
-            "/checkout/complete", params={"session_id": session_id}, headers=headers
-        )
-        return answer.status_code
+    pool = target.pool
+    requests = [landing_request(pool, s, "text/html") for s in session_ids]
 
     # The first visit of each session records the "landing" trigger (one write);
     # what is measured is the steady state of customers reloading the page.
     slots = asyncio.Semaphore(concurrency)
 
-    async def first(n: int, session_id: str) -> None:
+    async def first(request: bytes) -> None:
         async with slots:
-            await visit(target.clients.pick(n), session_id)
+            await pool.send(request)
 
-    await asyncio.gather(*(first(n, s) for n, s in enumerate(session_ids)))
+    await asyncio.gather(*(first(r) for r in requests))
 
-    async def send(http: httpx.AsyncClient, n: int) -> int:
-        return await visit(http, session_ids[n % len(session_ids)])
+    async def send(n: int) -> int:
+        answer = await pool.send(requests[n % len(requests)])
+        if answer.status == 200 and b"<html" not in answer.body[:200].lower():
+            return 299  # not the page
+        return answer.status
 
     return await measure("landing", target, send, concurrency=concurrency, seconds=seconds)
 
@@ -250,22 +283,20 @@ async def api_calls(
     paid = await shop.paid_sessions(sessions, items=items)
     position = await shop.log_position()
 
-    async def deliver(n: int, p: Paid) -> None:
-        await target.clients.pick(n).post(
-            "/webhooks/stripe", content=p.payload, headers=signed_headers(p.payload, WEBHOOK_SECRET)
-        )
-
-    async def visit(n: int, p: Paid) -> None:
-        await target.clients.pick(n).get(
-            "/checkout/complete",
-            params={"session_id": p.session_id},
-            headers={"Accept": "application/json"},
-        )
-
-    triggers = [deliver(n, p) for p in paid for n in range(copies if duplicated else 1)]
+    pool = target.pool
+    requests = [webhook_request(pool, p) for p in paid for _ in range(copies if duplicated else 1)]
     if duplicated:
-        triggers += [visit(n, p) for p in paid for n in range(visits)]
-    await asyncio.gather(*triggers)
+        requests += [
+            landing_request(pool, p.session_id, "application/json")
+            for p in paid
+            for _ in range(visits)
+        ]
+
+    async def trigger(request: bytes) -> None:
+        with contextlib.suppress(ClientError):  # what counts is what Stripe was asked
+            await pool.send(request)
+
+    await asyncio.gather(*(trigger(r) for r in requests))
     done = await wait_fulfilled(database, [p.session_id for p in paid], timeout=30)
     calls = await shop.session_calls(position)
     extra_pages = math.ceil(max(0, items - FIRST_PAGE) / NEXT_PAGES)

@@ -23,6 +23,9 @@ import httpx
 from tests.servers import free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The project these processes run: ``bench`` and ``fulfill`` import from here,
+# whatever folder they run in.
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -103,7 +106,13 @@ def start(
     with log.open("wb") as handle:
         popen = subprocess.Popen(
             [sys.executable, *args],
-            env={**os.environ, **(env or {})},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+                ),
+                **(env or {}),
+            },
             # Not the project folder: a .env file there would be read by the service.
             cwd=folder,
             stdout=handle,
@@ -135,11 +144,11 @@ def start_emulator(folder: Path, latency_ms: float) -> Process:
     )
 
 
-def start_ceiling(folder: Path) -> Process:
+def start_ceiling(folder: Path, workers: int = 1) -> Process:
     port = free_port()
     return start(
-        "ceiling",
-        ["-m", "bench.ceiling", "--port", str(port)],
+        f"ceiling-{workers}",
+        ["-m", "bench.ceiling", "--port", str(port), "--workers", str(workers)],
         folder=folder,
         ready_path="/",
         port=port,
