@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fulfill.errors import ConfigError
+from fulfill.mail.addresses import clean_text, parse_address
+from fulfill.mail.transport import SmtpTarget
 
 SECRET_KEY_RE = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]+$")
 WEBHOOK_SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=_-]+$")
@@ -69,6 +71,20 @@ class Settings(BaseSettings):
     shipping_countries: str = Field(
         default=DEFAULT_SHIPPING_COUNTRIES, alias="FULFILL_SHIPPING_COUNTRIES"
     )
+    # Emails to the customer (docs/email.md). Without an SMTP URL they are written
+    # as .eml files to the outbox folder instead of sent (the demo; a dry run).
+    smtp_url: SecretStr | None = Field(default=None, alias="FULFILL_SMTP_URL")
+    mail_enabled: bool = Field(default=True, alias="FULFILL_MAIL")
+    mail_from: str = Field(
+        default="Fulfill demo shop <orders@example.com>", alias="FULFILL_MAIL_FROM"
+    )
+    shop_name: str = Field(default="Fulfill demo shop", alias="FULFILL_SHOP_NAME", min_length=1)
+    support_email: str | None = Field(default=None, alias="FULFILL_SUPPORT_EMAIL")
+    mail_outbox: Path = Field(default=Path("./var/outbox"), alias="FULFILL_MAIL_OUTBOX")
+    # Where a customer whose payment failed can try again; default: the shop.
+    mail_retry_url: str | None = Field(default=None, alias="FULFILL_MAIL_RETRY_URL")
+    # The optional "order received, payment processing" email for delayed methods.
+    mail_received: bool = Field(default=False, alias="FULFILL_MAIL_RECEIVED")
 
     @field_validator("stripe_secret_key")
     @classmethod
@@ -126,9 +142,41 @@ class Settings(BaseSettings):
             )
         return value.strip()
 
-    @field_validator("stripe_api_base", "public_url")
+    @field_validator("smtp_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        # The message names the part that is wrong, never the URL (it holds a password).
+        SmtpTarget.parse(value.get_secret_value().strip())
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("mail_from")
+    @classmethod
+    def _check_mail_from(cls, value: str) -> str:
+        parse_address(value.strip())
+        return value.strip()
+
+    @field_validator("support_email")
+    @classmethod
+    def _check_support_email(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_address(value.strip())
+        return value.strip()
+
+    @field_validator("shop_name")
+    @classmethod
+    def _check_shop_name(cls, value: str) -> str:
+        if clean_text(value) != value.strip() or not value.strip():
+            raise ValueError("must be one line of text")
+        return value.strip()
+
+    @field_validator("stripe_api_base", "public_url", "mail_retry_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
@@ -171,6 +219,11 @@ class Settings(BaseSettings):
         if self.stripe_secret_key is not None:
             return self.stripe_secret_key.get_secret_value()
         return None
+
+    @property
+    def retry_url(self) -> str:
+        """Where the payment-failed email sends the customer to try again."""
+        return self.mail_retry_url or f"{self.public_url}/shop"
 
     def require_stripe(self) -> None:
         """Stop with a clear line when the settings ``serve`` needs are absent."""

@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from fulfill import logs
 from fulfill.actions import Action, ActionError, ItemContext
@@ -55,7 +56,16 @@ from fulfill.records import (
     valid_session_id,
 )
 from fulfill.store import Store
+from fulfill.store.emails import (
+    FULFILLED_EMAIL,
+    PAYMENT_FAILED_EMAIL,
+    RECEIVED_EMAIL,
+    QueuedEmail,
+)
 from fulfill.stripe_api import StripeApi
+
+if TYPE_CHECKING:
+    from fulfill.mail.mailer import Mailer
 
 log = logging.getLogger("fulfill.engine")
 
@@ -100,8 +110,11 @@ class Engine:
         options: EngineOptions | None = None,
         clock: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
+        mailer: Mailer | None = None,
     ) -> None:
         self.store = store
+        # Emails to the customer, queued with the change of status they report.
+        self.mailer = mailer
         self.stripe = stripe
         self.catalog = catalog
         self.actions = actions
@@ -206,13 +219,17 @@ class Engine:
             )
             return transient, None
         # A trigger seen first here is recorded with what it found (one write).
-        await self.store.observe(
+        email = self._email(RECEIVED_EMAIL, session_id) if status == AWAITING_PAYMENT else None
+        moved = await self.store.observe(
             snapshot,
             status,
             MAY_REPLACE[status],
             self.clock(),
             trigger=trigger if record is None else None,
+            email=email,
         )
+        if moved and email is not None:
+            self._send_emails(session_id)
         if status != PENDING and (record is None or record.status != status):
             self.metrics.fulfillments.labels(status).inc()
         if record is not None and record.status == FULFILLING:
@@ -236,11 +253,23 @@ class Engine:
     async def _record_final(self, session_id: str, status: str, trigger: str) -> FulfillmentRecord:
         self.check_session_id(session_id)
         now = self.clock()
-        if await self.store.set_status(session_id, status, MAY_REPLACE[status], now):
+        email = self._email(PAYMENT_FAILED_EMAIL, session_id) if status == PAYMENT_FAILED else None
+        if await self.store.set_status(session_id, status, MAY_REPLACE[status], now, email=email):
             self.metrics.fulfillments.labels(status).inc()
+            if email is not None:
+                self._send_emails(session_id)
         record = await self._get(session_id)
         await self._note_trigger(record, trigger)
         return record
+
+    # -- emails ---------------------------------------------------------------------
+
+    def _email(self, kind: str, session_id: str) -> QueuedEmail | None:
+        return self.mailer.queued(kind, session_id) if self.mailer is not None else None
+
+    def _send_emails(self, session_id: str) -> None:
+        if self.mailer is not None:
+            self.mailer.kick(session_id)
 
     # -- checks ---------------------------------------------------------------------
 
@@ -328,6 +357,7 @@ class Engine:
         by_id = {item.line_item_id: item for item in snapshot.items}
         pending = [item for item in record.items if item.status != ITEM_DONE]
         finished: bool | None = None
+        email = self._email(FULFILLED_EMAIL, session_id)
         for n, item in enumerate(pending):
             line = by_id.get(item.line_item_id)
             if line is None:
@@ -360,7 +390,9 @@ class Engine:
             done = (session_id, item.line_item_id, self.owner, result, self.clock())
             if n == len(pending) - 1:
                 # The last item and the session's end: one transaction.
-                recorded, finished = await self.store.finish_with_item(*done, action=entry.action)
+                recorded, finished = await self.store.finish_with_item(
+                    *done, action=entry.action, email=email
+                )
             else:
                 recorded = await self.store.item_done(*done, action=entry.action)
             if not recorded:
@@ -368,10 +400,12 @@ class Engine:
                 log.warning("lost the lease on %s…; another worker continues", session_id[:16])
                 return
         if finished is None:  # nothing was left to perform
-            finished = await self.store.finish(session_id, self.owner, self.clock())
+            finished = await self.store.finish(session_id, self.owner, self.clock(), email=email)
         if finished:
             self.metrics.fulfillments.labels("fulfilled").inc()
             log.info("fulfilled")
+            if email is not None:
+                self._send_emails(session_id)
         else:
             log.warning("could not mark the session fulfilled; the lease was lost")
 
@@ -440,6 +474,8 @@ class Engine:
         tasks = list(self._running.values())
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        if self.mailer is not None:
+            await self.mailer.drain(timeout=timeout)
 
 
 async def _bounded(task: asyncio.Task[None], wait: float) -> None:

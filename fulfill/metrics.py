@@ -68,6 +68,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.emails = Counter(
+            "fulfill_emails",
+            "Emails to customers by kind and outcome (sent, failed, skipped)",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.reconcile_last_success = Gauge(
             "fulfill_reconcile_last_success_timestamp_seconds",
             "When the last reconcile sweep finished",

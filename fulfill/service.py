@@ -6,6 +6,8 @@ same ``Service``; it owns what it opens and closes it.
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass, field
 
 import httpx
@@ -13,8 +15,12 @@ import httpx
 from fulfill.actions import Action, ActionDeps, build_action, download
 from fulfill.catalog import Catalog, load_catalog
 from fulfill.config import Settings
-from fulfill.engine import Engine, EngineOptions
+from fulfill.engine import Engine, EngineOptions, utcnow
 from fulfill.errors import ConfigError
+from fulfill.mail.addresses import parse_address
+from fulfill.mail.compose import FULFILLED, PAYMENT_FAILED, RECEIVED, Composer, Shop
+from fulfill.mail.mailer import Mailer
+from fulfill.mail.transport import OutboxTransport, SmtpTarget, SmtpTransport, Transport
 from fulfill.metrics import Metrics
 from fulfill.reconcile import Reconciler
 from fulfill.store import Store
@@ -32,6 +38,7 @@ class Service:
     http: httpx.AsyncClient
     engine: Engine
     signing_key: bytes = field(default=b"", repr=False)  # of download links; never log it
+    mailer: Mailer | None = None
     runs: Runs = field(init=False)
     reconciler: Reconciler = field(init=False)
 
@@ -71,7 +78,9 @@ class Service:
             settings.stripe_api_base,
             metrics=metrics,
         )
+        mailer = build_mailer(settings, store, stripe, metrics)
         engine = Engine(
+            mailer=mailer,
             metrics=metrics,
             store=store,
             stripe=stripe,
@@ -84,7 +93,7 @@ class Service:
                 retry_base_seconds=settings.retry_base,
             ),
         )
-        service = cls(settings, store, stripe, catalog, http, engine, signing_key)
+        service = cls(settings, store, stripe, catalog, http, engine, signing_key, mailer)
         service.runs = Runs(store)
         service.reconciler = Reconciler(engine, stripe, service.runs, rate=settings.reconcile_rate)
         return service
@@ -94,3 +103,44 @@ class Service:
         await self.stripe.close()
         await self.http.aclose()
         await self.store.close()
+
+
+def mail_composer(settings: Settings) -> Composer:
+    sender = parse_address(settings.mail_from)
+    support = parse_address(settings.support_email) if settings.support_email else sender
+    return Composer(
+        Shop(
+            name=settings.shop_name,
+            sender=sender,
+            support=support,
+            public_url=settings.public_url,
+            retry_url=settings.retry_url,
+        )
+    )
+
+
+def mail_transport(settings: Settings) -> Transport:
+    if settings.smtp_url is None:
+        return OutboxTransport(settings.mail_outbox)
+    return SmtpTransport(SmtpTarget.parse(settings.smtp_url.get_secret_value()))
+
+
+def build_mailer(
+    settings: Settings, store: Store, stripe: StripeApi, metrics: Metrics
+) -> Mailer | None:
+    """The customer emails, or None when FULFILL_MAIL is off."""
+    if not settings.mail_enabled:
+        return None
+    kinds = {FULFILLED, PAYMENT_FAILED} | ({RECEIVED} if settings.mail_received else set())
+    return Mailer(
+        store=store,
+        composer=mail_composer(settings),
+        transport=mail_transport(settings),
+        owner=f"mail:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        clock=utcnow,
+        kinds=frozenset(kinds),
+        stripe=stripe,
+        max_attempts=settings.max_attempts,
+        retry_base_seconds=settings.retry_base,
+        metrics=metrics,
+    )

@@ -3,8 +3,10 @@
 It retries ``failed`` sessions whose backoff has passed, resumes sessions
 whose worker died (expired lease, or recorded and never claimed), and
 processes webhook events that were acknowledged but whose processing never
-finished (the process died after the 2xx). The database's conditional claim
-makes it safe for every instance to run one.
+finished (the process died after the 2xx), and sends the customer emails
+that were not sent at once (queued by a process that died, or due again after
+a failure). The database's conditional claims make it safe for every
+instance to run one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Worker:
     async def step(self) -> int:
         """One pass; how many sessions and events it took up."""
         taken = await self.engine.run_due()
+        if self.engine.mailer is not None:
+            taken += await self.engine.mailer.send_due()
         limit = EVENTS_PER_PASS + len(self._backoff)  # those backing off don't crowd out others
         stale = await self.store.unprocessed_events(
             utcnow() - timedelta(seconds=self.event_grace), limit=limit

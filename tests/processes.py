@@ -52,7 +52,13 @@ def start_instance(
     handle: IO[bytes] = log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "fulfill", "serve", "--port", str(port), "--workers", str(workers)],
-        env={**os.environ, **env, "FULFILL_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+        env={
+            **os.environ,
+            # Emails go to the test's folder, never the checkout's var/outbox.
+            "FULFILL_MAIL_OUTBOX": str(log.parent / "outbox"),
+            **env,
+            "FULFILL_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        },
         stdout=handle,
         stderr=subprocess.STDOUT,
     )

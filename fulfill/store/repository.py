@@ -47,6 +47,7 @@ from fulfill.records import (
 )
 from fulfill.store import database
 from fulfill.store.deliverables import Deliverables
+from fulfill.store.emails import Emails, QueuedEmail, enqueue
 from fulfill.store.schema import (
     fulfillment_items,
     fulfillment_triggers,
@@ -254,6 +255,7 @@ class Store:
         )
         # What the built-in actions deliver: their own queries, same database.
         self.deliverables = Deliverables(engine)
+        self.emails = Emails(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, pool_size: int = 10) -> Store:
@@ -449,14 +451,16 @@ class Store:
         now: datetime,
         *,
         trigger: str | None = None,
-    ) -> None:
-        """Record what the API said about a session.
+        email: QueuedEmail | None = None,
+    ) -> bool:
+        """Record what the API said about a session; True when it moved to ``status``.
 
         Inserts the record (and its items) when new; otherwise refreshes the
         session's fields, and moves the status to ``status`` only from one of
         ``may_replace``, so a late trigger never moves a record backwards.
         Items already recorded are left alone: a ``done`` item stays done.
-        ``trigger``, if given, is recorded in the same transaction.
+        ``trigger``, if given, is recorded in the same transaction, and
+        ``email`` queued there when the record moved to ``status``.
         """
         fields = {
             "payment_status": snapshot.payment_status,
@@ -470,7 +474,7 @@ class Store:
             "session_metadata": dict(snapshot.metadata),
         }
 
-        async def work(connection: AsyncConnection) -> None:
+        async def work(connection: AsyncConnection) -> bool:
             inserted = await connection.execute(
                 self._record_once,
                 {
@@ -482,13 +486,14 @@ class Store:
                     **fields,
                 },
             )
-            if inserted.rowcount == 0:
+            moved = bool(inserted.rowcount)
+            if not moved:
                 await connection.execute(
                     update(fulfillments)
                     .where(fulfillments.c.session_id == snapshot.session_id)
                     .values(**fields)
                 )
-                await connection.execute(
+                changed = await connection.execute(
                     update(fulfillments)
                     .where(
                         fulfillments.c.session_id == snapshot.session_id,
@@ -497,6 +502,9 @@ class Store:
                     )
                     .values(status=status, updated_at=now)
                 )
+                moved = bool(changed.rowcount)
+            if moved and email is not None:
+                await enqueue(connection, self._insert, snapshot.session_id, email, now)
             if snapshot.items:
                 await connection.execute(
                     self._items_once,
@@ -522,15 +530,31 @@ class Store:
                     _ADD_TRIGGER,
                     {"session_id": snapshot.session_id, "trigger": trigger, "at": now},
                 )
+            return moved
 
-        await self._write(work)
+        return await self._write(work)
 
     async def set_status(
-        self, session_id: str, status: str, may_replace: Iterable[str], now: datetime
+        self,
+        session_id: str,
+        status: str,
+        may_replace: Iterable[str],
+        now: datetime,
+        *,
+        email: QueuedEmail | None = None,
     ) -> bool:
-        """Move to ``status`` from one of ``may_replace``; creates a bare record if none."""
+        """Move to ``status`` from one of ``may_replace``; creates a bare record if none.
+
+        ``email``, if given, is queued in the same transaction when the status moved.
+        """
 
         async def work(connection: AsyncConnection) -> bool:
+            moved = await _move(connection)
+            if moved and email is not None:
+                await enqueue(connection, self._insert, session_id, email, now)
+            return moved
+
+        async def _move(connection: AsyncConnection) -> bool:
             inserted = await connection.execute(
                 self._insert(fulfillments)
                 .values(
@@ -617,11 +641,12 @@ class Store:
         now: datetime,
         *,
         action: str | None = None,
+        email: QueuedEmail | None = None,
     ) -> tuple[bool, bool]:
         """``item_done`` for the last item, then ``finish``, in one transaction.
 
         Returns (item recorded, session fulfilled); nothing is finished when
-        the item could not be recorded.
+        the item could not be recorded. ``email`` is queued with the finish.
         """
 
         async def work(connection: AsyncConnection) -> tuple[bool, bool]:
@@ -629,7 +654,7 @@ class Store:
                 connection, session_id, line_item_id, owner, result, now, action
             ):
                 return False, False
-            return True, await _finish(connection, session_id, owner, now)
+            return True, await self._finish(connection, session_id, owner, now, email)
 
         return await self._write(work)
 
@@ -649,13 +674,28 @@ class Store:
 
         await self._write(work)
 
-    async def finish(self, session_id: str, owner: str, now: datetime) -> bool:
-        """``fulfilled``, only if every item is done and we hold the lease."""
+    async def finish(
+        self, session_id: str, owner: str, now: datetime, *, email: QueuedEmail | None = None
+    ) -> bool:
+        """``fulfilled``, only if every item is done and we hold the lease (``email`` with it)."""
 
         async def work(connection: AsyncConnection) -> bool:
-            return await _finish(connection, session_id, owner, now)
+            return await self._finish(connection, session_id, owner, now, email)
 
         return await self._write(work)
+
+    async def _finish(
+        self,
+        connection: AsyncConnection,
+        session_id: str,
+        owner: str,
+        now: datetime,
+        email: QueuedEmail | None,
+    ) -> bool:
+        finished = await _finish(connection, session_id, owner, now)
+        if finished and email is not None:
+            await enqueue(connection, self._insert, session_id, email, now)
+        return finished
 
     async def fail(
         self,

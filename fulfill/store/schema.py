@@ -193,3 +193,28 @@ locks = Table(
     Column("owner", String(64)),
     Column("expires_at", DateTime, nullable=False),
 )
+
+# Emails to the customer (migration 0004): one row per session and kind, so
+# that however many triggers and instances race, each email is sent once. The
+# Message-ID is fixed when the row is made: a send repeated after a crash
+# between sending and recording carries the same one.
+emails = Table(
+    "emails",
+    metadata,
+    Column("session_id", String(255), primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    # pending → sending (leased) → sent | failed (next_attempt_at: when again;
+    # NULL: given up) | skipped (nothing to send to).
+    Column("status", String(16), nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("recipient", String(320)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("next_attempt_at", DateTime),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("sent_at", DateTime),
+    Index("ix_emails_status_next", "status", "next_attempt_at"),
+)

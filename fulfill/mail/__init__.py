@@ -1,0 +1,1 @@
+"""Emails to the customer: composed from templates, queued with the order, sent once."""

@@ -1,0 +1,255 @@
+"""The emails to customers, as rows: queued with the session's change, claimed, recorded.
+
+A row is made in the same transaction as the change of status it reports
+(``fulfilled``, ``payment_failed``, ``awaiting_payment``), unique by session
+and kind: so an email is never lost to a crash after the status changed, and
+never queued twice. Sending it is claimed like a fulfillment: one conditional
+``UPDATE`` with a lease, so one sender wins across processes and hosts; a
+sender that dies leaves a lease that expires, and the next one sends again
+with the same ``Message-ID``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fulfill.store import database
+from fulfill.store.schema import emails
+
+PENDING = "pending"
+SENDING = "sending"
+SENT = "sent"
+FAILED = "failed"
+SKIPPED = "skipped"
+STATUSES = (PENDING, SENDING, SENT, FAILED, SKIPPED)
+
+# The kinds of email: the order is ready; its payment failed; it was received
+# and its (delayed) payment is processing.
+FULFILLED_EMAIL = "fulfilled"
+PAYMENT_FAILED_EMAIL = "payment_failed"
+RECEIVED_EMAIL = "received"
+KINDS = (FULFILLED_EMAIL, PAYMENT_FAILED_EMAIL, RECEIVED_EMAIL)
+
+
+@dataclass(frozen=True)
+class QueuedEmail:
+    """What the transaction that changes a session's status queues with it."""
+
+    kind: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class EmailRecord:
+    session_id: str
+    kind: str
+    status: str
+    message_id: str
+    recipient: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        from fulfill.records import iso
+
+        return {
+            "kind": self.kind,
+            "status": self.status,
+            "message_id": self.message_id,
+            "recipient": self.recipient,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "next_attempt_at": iso(self.next_attempt_at),
+            "created_at": iso(self.created_at),
+            "sent_at": iso(self.sent_at),
+        }
+
+
+_FIELDS = tuple(c.name for c in emails.c if c.name not in ("lease_owner", "lease_expires_at"))
+
+
+def _record(row: Any) -> EmailRecord:
+    return EmailRecord(**dict(zip(_FIELDS, row, strict=True)))
+
+
+async def enqueue(
+    connection: AsyncConnection,
+    insert: Callable[..., Any],
+    session_id: str,
+    email: QueuedEmail,
+    now: datetime,
+) -> None:
+    """Queue ``email`` for the session inside the caller's transaction (once per kind)."""
+    await connection.execute(
+        insert(emails)
+        .values(
+            session_id=session_id,
+            kind=email.kind,
+            status=PENDING,
+            message_id=email.message_id,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["session_id", "kind"])
+    )
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        emails.c.status == PENDING,
+        and_(emails.c.status == FAILED, emails.c.next_attempt_at <= now),
+        and_(emails.c.status == SENDING, emails.c.lease_expires_at < now),
+    )
+
+
+class Emails:
+    """Every read and write of the ``emails`` table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def for_session(self, session_id: str) -> list[EmailRecord]:
+        async with database.read(self.engine) as connection:
+            rows = await connection.execute(
+                select(*(emails.c[name] for name in _FIELDS))
+                .where(emails.c.session_id == session_id)
+                .order_by(emails.c.created_at, emails.c.kind)
+            )
+            return [_record(row) for row in rows]
+
+    async def due(
+        self, now: datetime, *, session_id: str | None = None, limit: int = 50
+    ) -> list[tuple[str, str]]:
+        """(session, kind) of the emails to send now, oldest first."""
+        query = select(emails.c.session_id, emails.c.kind).where(_due(now))
+        if session_id is not None:
+            query = query.where(emails.c.session_id == session_id)
+        async with database.read(self.engine) as connection:
+            rows = await connection.execute(query.order_by(emails.c.updated_at).limit(limit))
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def claim(
+        self, session_id: str, kind: str, owner: str, lease: float, now: datetime
+    ) -> EmailRecord | None:
+        """Take the email for sending if it is due; the row as claimed, or None (not ours)."""
+
+        async def work(connection: AsyncConnection) -> EmailRecord | None:
+            claimed = await connection.execute(
+                update(emails)
+                .where(emails.c.session_id == session_id, emails.c.kind == kind, _due(now))
+                .values(
+                    status=SENDING,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease),
+                    attempts=emails.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+            if not claimed.rowcount:
+                return None
+            row = (
+                await connection.execute(
+                    select(*(emails.c[name] for name in _FIELDS)).where(
+                        emails.c.session_id == session_id, emails.c.kind == kind
+                    )
+                )
+            ).one()
+            return _record(row)
+
+        return await database.write(self.engine, work)
+
+    async def _settle(
+        self, session_id: str, kind: str, owner: str, now: datetime, **values: Any
+    ) -> bool:
+        async def work(connection: AsyncConnection) -> bool:
+            result = await connection.execute(
+                update(emails)
+                .where(
+                    emails.c.session_id == session_id,
+                    emails.c.kind == kind,
+                    emails.c.status == SENDING,
+                    emails.c.lease_owner == owner,
+                )
+                .values(lease_owner=None, lease_expires_at=None, updated_at=now, **values)
+            )
+            return bool(result.rowcount)
+
+        return await database.write(self.engine, work)
+
+    async def sent(
+        self, session_id: str, kind: str, owner: str, recipient: str, now: datetime
+    ) -> bool:
+        return await self._settle(
+            session_id,
+            kind,
+            owner,
+            now,
+            status=SENT,
+            recipient=recipient,
+            sent_at=now,
+            last_error=None,
+            next_attempt_at=None,
+        )
+
+    async def failed(
+        self,
+        session_id: str,
+        kind: str,
+        owner: str,
+        error: str,
+        next_attempt_at: datetime | None,
+        now: datetime,
+        *,
+        recipient: str | None = None,
+    ) -> bool:
+        """``failed``; ``next_attempt_at`` None: given up, until an operator retries."""
+        return await self._settle(
+            session_id,
+            kind,
+            owner,
+            now,
+            status=FAILED,
+            last_error=error[:1000],
+            next_attempt_at=next_attempt_at,
+            recipient=recipient,
+        )
+
+    async def skipped(
+        self, session_id: str, kind: str, owner: str, reason: str, now: datetime
+    ) -> bool:
+        return await self._settle(
+            session_id, kind, owner, now, status=SKIPPED, last_error=reason, next_attempt_at=None
+        )
+
+    async def retry(self, session_id: str, now: datetime) -> int:
+        """An operator's retry: every failed or skipped email of the session is due again."""
+
+        async def work(connection: AsyncConnection) -> int:
+            result = await connection.execute(
+                update(emails)
+                .where(emails.c.session_id == session_id, emails.c.status.in_((FAILED, SKIPPED)))
+                .values(status=PENDING, next_attempt_at=None, updated_at=now)
+            )
+            return int(result.rowcount)
+
+        return await database.write(self.engine, work)
+
+    async def count_by_status(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        async with database.read(self.engine) as connection:
+            rows = await connection.execute(
+                select(emails.c.status, func.count()).group_by(emails.c.status)
+            )
+            return {str(status): int(count) for status, count in rows}
