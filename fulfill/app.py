@@ -22,6 +22,7 @@ from fulfill.downloads import DownloadEndpoint
 from fulfill.errors import FulfillError
 from fulfill.guard import LookupGuard
 from fulfill.landing import LandingPage
+from fulfill.outbox import OutboxViewer
 from fulfill.pages import render_error
 from fulfill.reconcile import Schedule, parse_since
 from fulfill.service import Service
@@ -75,8 +76,14 @@ class AccessLog:
             )
 
 
-def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
-    """The service's app; everything it needs is opened at startup and closed at shutdown."""
+def create_app(
+    settings: Settings, *, run_worker: bool = True, show_outbox: bool = False
+) -> Starlette:
+    """The service's app; everything it needs is opened at startup and closed at shutdown.
+
+    ``show_outbox`` (the demo's alone) serves the outbox of customer emails at /outbox.
+    """
+    viewer = OutboxViewer(settings.mail_outbox)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -104,7 +111,10 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             service.stripe,
             public_url=settings.public_url,
             shipping_countries=settings.shipping_country_list,
+            outbox_url="/outbox" if show_outbox else None,
         )
+        if service.mailer is not None:
+            access_log.info("customer emails: %s", service.mailer.transport.description)
         worker = Worker(
             service.engine,
             service.store,
@@ -196,6 +206,14 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Mount("/api", app=admin),
+            *(
+                [
+                    Route("/outbox", viewer.index, methods=["GET"]),
+                    Route("/outbox/{name}", viewer.letter, methods=["GET"]),
+                ]
+                if show_outbox
+                else []
+            ),
         ],
         middleware=[Middleware(AccessLog)],
         exception_handlers={FulfillError: fulfill_error},

@@ -22,7 +22,8 @@ from fulfill.catalog import Catalog, load_catalog
 from fulfill.cli import _settings, err, main, print_record, read_store, stdout
 from fulfill.errors import FulfillError
 from fulfill.records import FAILED, FULFILLED, STATUSES, FulfillmentRecord, iso
-from fulfill.service import Service
+from fulfill.service import Service, mail_composer
+from fulfill.store.emails import KINDS, EmailRecord
 from fulfill.stripe_api import StripeApi
 
 T = TypeVar("T")
@@ -92,16 +93,28 @@ def list_records(status: str | None, limit: int, as_json: bool) -> None:
 def show(session_id: str, as_json: bool) -> None:
     """One record with its items and history."""
 
-    async def read(store: Any) -> tuple[FulfillmentRecord | None, list[dict[str, Any]]]:
-        return await store.get(session_id), await store.events_for(session_id)
+    async def read(
+        store: Any,
+    ) -> tuple[FulfillmentRecord | None, list[dict[str, Any]], list[EmailRecord]]:
+        return (
+            await store.get(session_id),
+            await store.events_for(session_id),
+            await store.emails.for_session(session_id),
+        )
 
-    record, events = read_store(read)
+    record, events, emails = read_store(read)
     if record is None:
         raise FulfillError(
             f"no record for {session_id}; `fulfill run {session_id}` reads it from Stripe"
         )
     if as_json:
-        echo_json({**record.as_json(), "events": [_event(e) for e in events]})
+        echo_json(
+            {
+                **record.as_json(),
+                "events": [_event(e) for e in events],
+                "emails": [e.as_json() for e in emails],
+            }
+        )
         return
     print_record(record)
     out = stdout()
@@ -113,7 +126,23 @@ def show(session_id: str, as_json: bool) -> None:
             iso(event["received_at"]) or "", event["event_id"], event["type"], event["outcome"]
         )
     out.print(history)
+    if emails:
+        out.print(emails_table(emails))
     out.print("triggers: " + (", ".join(record.triggers) or "none"), highlight=False)
+
+
+def emails_table(emails: list[EmailRecord]) -> Table:
+    table = Table("kind", "status", "to", "attempts", "sent", "last error", title="emails")
+    for email in emails:
+        table.add_row(
+            email.kind,
+            email.status,
+            escape(email.recipient or ""),
+            str(email.attempts),
+            iso(email.sent_at) or "",
+            escape(email.last_error or ""),
+        )
+    return table
 
 
 def _event(row: dict[str, Any]) -> dict[str, Any]:
@@ -295,3 +324,77 @@ async def _check_stripe(key: str, api_base: str, catalog: Catalog) -> list[dict[
         return await stripe.check_catalog(catalog)
     finally:
         await stripe.close()
+
+
+# -- emails to customers --------------------------------------------------------------
+
+
+@main.group()
+def mail() -> None:
+    """The emails to customers: preview one, send failed ones again."""
+
+
+@mail.command("preview")
+@click.argument("session_id")
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    default="fulfilled",
+    show_default=True,
+    help="Which email.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the HTML part to this file (to open in a browser) instead of printing.",
+)
+def mail_preview(session_id: str, kind: str, html_path: str | None) -> None:
+    """Render an email of a recorded session, as the customer would get it; sends nothing."""
+    from email.message import EmailMessage
+    from pathlib import Path
+
+    from fulfill.mail.compose import message_id_for
+
+    settings = _settings()
+    record = read_store(lambda store: store.get(session_id))
+    if record is None:
+        raise FulfillError(
+            f"no record for {session_id}; `fulfill run {session_id}` reads it from Stripe"
+        )
+    composer = mail_composer(settings)
+    composed = composer.compose(
+        kind, record, message_id_for(session_id, kind, composer.shop.domain)
+    )
+    message: EmailMessage = composed.message
+    html = message.get_body(preferencelist=("html",))
+    text = message.get_body(preferencelist=("plain",))
+    assert html is not None
+    assert text is not None
+    if html_path is not None:
+        Path(html_path).write_text(str(html.get_content()), encoding="utf-8")
+        err.print(f"Wrote the HTML part to {html_path}.", highlight=False)
+        return
+    for header in ("From", "To", "Reply-To", "Subject", "Message-ID"):
+        if message[header] is not None:
+            click.echo(f"{header}: {message[header]}")
+    click.echo("")
+    click.echo(str(text.get_content()).replace("\r\n", "\n"), nl=False)
+
+
+@mail.command("retry")
+@click.argument("session_id")
+def mail_retry(session_id: str) -> None:
+    """Send a session's failed or skipped emails again (by the next worker pass of `serve`)."""
+    from fulfill.engine import utcnow
+
+    async def write(store: Any) -> int:
+        return int(await store.emails.retry(session_id, utcnow()))
+
+    count = read_store(write)
+    if not count:
+        raise FulfillError(
+            f"no failed or skipped email for {session_id}; `fulfill show {session_id}` lists them"
+        )
+    stdout().print(f"{count} email(s) of {session_id} queued again.", highlight=False)

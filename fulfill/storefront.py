@@ -240,7 +240,10 @@ class Storefront:
         *,
         public_url: str,
         shipping_countries: Sequence[str],
+        outbox_url: str | None = None,
     ) -> None:
+        # The demo links its outbox of customer emails from the shop (fulfill/outbox.py).
+        self.outbox_url = outbox_url
         self.offers = Offers(catalog, stripe)
         self.stripe = stripe
         self.public_url = public_url.rstrip("/")
@@ -249,7 +252,9 @@ class Storefront:
     async def page(self, request: Request) -> Response:
         offers = await self.offers.get()
         html = TEMPLATES.get_template("shop.html").render(
-            offers=offers, cancelled=request.query_params.get("cancelled") == "1"
+            offers=offers,
+            cancelled=request.query_params.get("cancelled") == "1",
+            outbox_url=self.outbox_url,
         )
         return HTMLResponse(html)
 

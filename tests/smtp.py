@@ -85,7 +85,9 @@ def smtp_server(
         options.update(tls_context=starttls, require_starttls=True)
     if auth:
         options.update(authenticator=_authenticate, auth_required=True)
-        if starttls is None and implicit is None:
+        if starttls is None:
+            # aiosmtpd knows TLS only from its own STARTTLS: on implicit TLS
+            # (or plain, for the tests of refusals) it must be told to offer AUTH.
             options["auth_require_tls"] = False
     controller = Controller(
         sink,

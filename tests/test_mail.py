@@ -439,3 +439,82 @@ def test_a_sender_that_dies_after_sending_is_followed_by_one_with_the_same_messa
     first, second = sink.wait_for(2)
     assert first.message["Message-ID"] == second.message["Message-ID"]
     assert re.fullmatch(r"<fulfilled\.[0-9a-f]{32}@lantern\.example>", first.message["Message-ID"])
+
+
+def test_the_outbox_viewer_is_the_demos_alone(service_factory: ServiceFactory) -> None:
+    service = service_factory(None)
+    session_id = service.paid_session()
+    assert service.landing(session_id).json()["status"] == "fulfilled"
+    assert service.client.get("/outbox").status_code == 404
+    assert service.client.get(f"/outbox/{session_id}.fulfilled.eml").status_code == 404
+    assert 'href="/outbox"' not in service.client.get("/shop").text
+
+
+def mail_cli(service: ServiceServer, *args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from fulfill.cli import main
+
+    env = {
+        "FULFILL_DATABASE_URL": service.settings.database_url,
+        "FULFILL_PUBLIC_URL": service.url,
+        "FULFILL_SHOP_NAME": "Lantern Books",
+        "FULFILL_MAIL_FROM": "orders@lantern.example",
+        "COLUMNS": "200",
+    }
+    outcome = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return outcome.exit_code, outcome.output
+
+
+def test_mail_preview_show_and_retry_from_the_command_line(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, tmp_path: Path
+) -> None:
+    service = service_factory(None)
+    session = emulator_server.session(
+        [(emulator_server.price(product_metadata={"fulfill": "hook"}), 1)]
+    )
+    emulator_server.complete(session.id, "paid", email="jenny@@example")
+    assert service.landing(session.id).json()["status"] == "fulfilled"
+    wait_email_status(service, session.id, "fulfilled", SKIPPED)
+
+    code, out = mail_cli(service, "show", session.id)
+    assert code == 0, out
+    assert "emails" in out
+    assert "skipped" in out
+    code, out = mail_cli(service, "show", session.id, "--json")
+    assert code == 0, out
+    import json
+
+    [email_row] = json.loads(out)["emails"]
+    assert (email_row["kind"], email_row["status"]) == ("fulfilled", "skipped")
+
+    # An address the customer cannot get mail at: the preview says so, in one line.
+    code, out = mail_cli(service, "mail", "preview", session.id)
+    assert code == 2
+    assert "the customer email is not usable" in out
+
+    good = service.paid_session()
+    assert service.landing(good).json()["status"] == "fulfilled"
+    code, out = mail_cli(service, "mail", "preview", good)
+    assert code == 0, out
+    assert "Subject: Your order from Lantern Books is ready" in out
+    assert f"{service.url}/checkout/complete?session_id={good}" in out
+    page = tmp_path / "preview.html"
+    code, out = mail_cli(
+        service, "mail", "preview", good, "--kind", "payment_failed", "--html", str(page)
+    )
+    assert code == 0, out
+    assert "did not go through" in page.read_text()
+    code, out = mail_cli(service, "mail", "preview", "cs_test_unknown1")
+    assert code == 2
+    assert "no record for cs_test_unknown1" in out
+
+    # An operator's retry makes the skipped email due again; the worker tries it at once.
+    code, out = mail_cli(service, "mail", "retry", session.id)
+    assert code == 0, out
+    assert "1 email(s)" in out
+    row = wait_email_status(service, session.id, "fulfilled", SKIPPED)
+    assert row["attempts"] == 2
+    code, out = mail_cli(service, "mail", "retry", good)
+    assert code == 2
+    assert "no failed or skipped email" in out

@@ -120,8 +120,13 @@ def running_demo(port: int, *, settle_after: float, quiet: bool = True) -> Itera
             FULFILL_INLINE_BUDGET=5.0,
             FULFILL_LANDING_WAIT=5.0,
             FULFILL_SHIPPING_COUNTRIES="DE,FR,GB,NL,US",
+            # Customer emails are written here, not sent; the shop links to them.
+            FULFILL_MAIL_OUTBOX=str(folder / "outbox"),
+            FULFILL_MAIL_RECEIVED=True,
+            FULFILL_SHOP_NAME="Fulfill demo shop",
+            FULFILL_MAIL_FROM="Fulfill demo shop <orders@demo.example>",
         )
-        app = create_service_app(settings)
+        app = create_service_app(settings, show_outbox=True)
         shop_url = stack.enter_context(serve_in_thread(app, port, "fulfill service"))
         emulator.deliveries.add_endpoint(f"{shop_url}/webhooks/stripe", secret=webhook_secret)
         yield Demo(
@@ -151,6 +156,7 @@ def interactive(port: int) -> int:
             "page.\nA card pays at once; a bank debit stays processing and settles by itself "
             "after about 5 seconds.\n"
         )
+        out.print(f"  Customer emails:  {demo.shop_url}/outbox  (written, not sent)")
         out.print(f"  Stripe emulator:  {demo.emulator_url}  (API at /v1, control at /_emulator)")
         out.print(f"  Data (removed on exit):  {demo.folder}")
         out.print("\nPress Ctrl+C to stop.")

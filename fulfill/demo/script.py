@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from rich.table import Table
 from fulfill.actions import Action, ItemContext
 from fulfill.demo.runner import DEMO_KEY, Demo, free_port, running_demo
 from fulfill.demo.samples import Listed
+from fulfill.outbox import letters
 from fulfill.pages import money
 
 BIG_ORDER = 25
@@ -219,8 +221,39 @@ class Script:
         for purchase in purchases:
             self.customer.wait_until(purchase, "fulfilled")
             self.check(purchase)
+        self.check_emails(purchases)
         self.pool.shutdown()
         return purchases
+
+    def check_emails(self, purchases: list[Purchase]) -> None:
+        """Each order's email is in the outbox, written once (the service's own count)."""
+        expected = Counter({"fulfilled": len(purchases)})
+        expected["received"] = sum(1 for p in purchases if p.outcome == "delayed")
+        deadline = time.monotonic() + 20
+        while self.emails_sent() != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sent = self.emails_sent()
+        if sent != expected:
+            purchases[0].problems.append(f"emails sent {dict(sent)}, expected {dict(expected)}")
+        outbox = self.demo.settings.mail_outbox
+        for purchase in purchases:
+            kinds = ["fulfilled"] + (["received"] if purchase.outcome == "delayed" else [])
+            for kind in kinds:
+                path = outbox / f"{purchase.session_id}.{kind}.eml"
+                if not path.is_file():
+                    purchase.problems.append(f"no {kind} email in the outbox")
+                elif CUSTOMER["email"] not in path.read_text(errors="replace"):
+                    purchase.problems.append(f"the {kind} email is not to the customer")
+
+    def emails_sent(self) -> Counter[str]:
+        """``fulfill_emails_total{outcome="sent"}`` by kind, from /metrics."""
+        text = self.client.get(f"{self.demo.shop_url}/metrics").text
+        sent: Counter[str] = Counter()
+        for line in text.splitlines():
+            if line.startswith("fulfill_emails_total{") and 'outcome="sent"' in line:
+                kind = line.split('kind="', 1)[1].split('"', 1)[0]
+                sent[kind] += int(float(line.rsplit(" ", 1)[1]))
+        return sent
 
     def check(self, purchase: Purchase) -> None:
         record = purchase.record
@@ -251,6 +284,21 @@ class Script:
         answer = self.client.get(links[0]["url"])
         if answer.status_code != 200 or not answer.content.startswith(b"%PDF"):
             problems.append(f"the download link answered {answer.status_code}")
+
+
+def outbox_table(folder: Path) -> Table:
+    table = Table(
+        title=f"The emails customers got (written to {folder}, not sent)",
+        title_justify="left",
+        title_style="bold",
+    )
+    table.add_column("file", no_wrap=True)
+    table.add_column("to", no_wrap=True)
+    table.add_column("subject")
+    for letter in letters(folder):
+        name = letter.name
+        table.add_row("…" + name[-30:] if len(name) > 31 else name, letter.to, letter.subject)
+    return table
 
 
 def report(purchases: list[Purchase], calls: Counter[str], out: Console) -> bool:
@@ -312,4 +360,5 @@ def headless(port: int | None) -> int:
             except (AssertionError, httpx.HTTPError) as exc:
                 out.print(f"[red]✗ the demo stopped:[/red] {exc}", highlight=False)
                 return 1
+        out.print(outbox_table(demo.settings.mail_outbox))
         return 0 if report(purchases, script.calls, out) else 1
