@@ -114,7 +114,9 @@ def create_app(
             outbox_url="/outbox" if show_outbox else None,
         )
         if service.mailer is not None:
-            access_log.info("customer emails: %s", service.mailer.transport.description)
+            # A live shop whose emails only land in a folder should hear about it.
+            level = logging.WARNING if settings.livemode and not settings.smtp_url else logging.INFO
+            access_log.log(level, "customer emails: %s", service.mailer.transport.description)
         worker = Worker(
             service.engine,
             service.store,
