@@ -1,8 +1,9 @@
 """Playing the merchant's customers against the emulator: sessions, payments, events.
 
 Plain HTTP to the emulator (form bodies for ``/v1``, as Stripe takes them;
-JSON for ``/_emulator``), so the bench measures the service, not a client
-library. No webhook endpoint is registered: the emulator records each
+JSON for ``/_emulator``) on the bench's lean client: with httpx, preparing
+600 paid sessions took 16 s of the run, most of it httpx's connection pool.
+No webhook endpoint is registered: the emulator records each
 ``checkout.session.completed`` event and the bench delivers it itself, on
 its own schedule, signed as Stripe signs.
 """
@@ -10,14 +11,15 @@ its own schedule, signed as Stripe signs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
-import httpx
-
+from bench.http import Pool
 from fulfill.emulator.delivery import sign
 
 BENCH_METADATA = {"fulfill": "bench"}
@@ -42,29 +44,43 @@ def signed_headers(payload: bytes, secret: str) -> dict[str, str]:
 
 class Shop:
     def __init__(self, url: str, key: str, *, concurrency: int = 64) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=url,
-            auth=(key, ""),
-            timeout=60,
-            limits=httpx.Limits(max_connections=concurrency),
-        )
+        self.pool = Pool(url)
+        self.auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
         self.slots = asyncio.Semaphore(concurrency)
         self.prices: list[str] = []
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.pool.close()
 
     async def reset(self) -> None:
         """Forget every object, event and logged request (the API latency stays)."""
         await self._api("POST", "/_emulator/reset")
         self.prices.clear()
 
-    async def _api(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _api(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """One call; form ``data`` for ``/v1``, a ``json_body`` for ``/_emulator``."""
+        headers = {"Authorization": self.auth}
+        body = b""
+        if data is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = urlencode(data).encode()
+        elif json_body is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(json_body).encode()
+        target = f"{path}?{urlencode(params)}" if params else path
         async with self.slots:
-            answer = await self.http.request(method, path, **kwargs)
-        if answer.status_code != 200:
-            raise RuntimeError(f"{method} {path}: {answer.status_code} {answer.text[:300]}")
-        return answer.json()
+            answer = await self.pool.send(self.pool.build(method, target, headers, body))
+        if answer.status != 200:
+            raise RuntimeError(f"{method} {path}: {answer.status} {answer.body[:300]!r}")
+        return json.loads(answer.body)
 
     async def ensure_prices(self, count: int) -> list[str]:
         """At least ``count`` prices, each of its own product tagged for the bench catalog."""
@@ -97,7 +113,7 @@ class Shop:
 
         async def one() -> str:
             session = await self._api("POST", "/v1/checkout/sessions", data=form)
-            await self._api("POST", f"/_emulator/sessions/{session['id']}/complete", json={})
+            await self._api("POST", f"/_emulator/sessions/{session['id']}/complete", json_body={})
             return str(session["id"])
 
         session_ids = await asyncio.gather(*(one() for _ in range(count)))
