@@ -115,7 +115,11 @@ def test_show_prints_the_record_with_its_events_and_triggers(
 
     record = as_json(fulfill(env, "show", session_id, "--json"))
     api_shape = service.landing(session_id).json()
-    assert {k: v for k, v in record.items() if k != "events"} == api_shape
+    assert {k: v for k, v in record.items() if k not in ("events", "emails")} == api_shape
+    (email,) = record["emails"]
+    # Sent in the background: by now, or about to be.
+    assert (email["kind"], email["status"] in ("pending", "sending", "sent")) == ("fulfilled", True)
+    assert email["message_id"].startswith("<fulfilled.")
     (event,) = record["events"]
     assert event["event_id"].startswith("evt_")
     assert event["type"] == "checkout.session.completed"
@@ -132,6 +136,7 @@ def test_show_prints_the_record_with_its_events_and_triggers(
     assert event["event_id"] in text
     assert "checkout.session.completed" in text
     assert "Poster [A2]" in text
+    assert "emails" in text
     (triggers,) = [line for line in text.splitlines() if line.startswith("triggers: ")]
     assert f"webhook:{event['event_id']}" in triggers
 
