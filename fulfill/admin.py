@@ -18,9 +18,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Query, Request, Security
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -210,6 +211,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return moment, str(session_id)
 
 
+async def known_query_parameters(request: Request) -> None:
+    """A query parameter no route takes is refused, not ignored.
+
+    ``?stauts=failed`` answering every record would mislead an operator, and a
+    script's typo would go unnoticed; a 400 names the parameters there are.
+    """
+    route = request.scope.get("route")
+    known = (
+        {field.alias for field in route.dependant.query_params}
+        if isinstance(route, APIRoute)
+        else set()
+    )
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"Unknown query parameter {unknown[0]!r}; this endpoint takes "
+            + (", ".join(sorted(known)) if known else "none"),
+        )
+
+
 def create_admin_app(service: Callable[[], Service], token: str | None) -> FastAPI:
     """The admin API; ``service()`` gives the running ``Service`` (built at startup)."""
     app = FastAPI(
@@ -222,7 +245,7 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
         redoc_url=None,
         # No 307 from "/fulfillments/" to an absolute URL built from the Host header.
         redirect_slashes=False,
-        dependencies=[Security(BEARER)],
+        dependencies=[Security(BEARER), Depends(known_query_parameters)],
     )
     # The token is checked by TokenGate before routing and before any body is
     # read; BEARER only declares the scheme in the schema.

@@ -291,6 +291,13 @@ def test_bad_query_parameters_are_400(service_factory: ServiceFactory) -> None:
         answer = api(service, "GET", "/fulfillments", params=params)
         assert answer.status_code == 400, (params, answer.text)
         assert error_code(answer) == code, params
+    # A typo is refused, not ignored: ?stauts=failed must not answer every record.
+    answer = api(service, "GET", "/fulfillments", params={"stauts": "failed"})
+    assert answer.status_code == 400
+    assert error_code(answer) == "unknown_parameter"
+    assert "cursor, limit, status" in answer.json()["error"]["message"]
+    answer = api(service, "GET", "/fulfillments/cs_test_abc123", params={"x": "1"})
+    assert (answer.status_code, error_code(answer)) == (400, "unknown_parameter")
 
 
 def test_a_cursor_with_a_timezone_is_read_as_utc(
