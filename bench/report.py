@@ -225,17 +225,18 @@ def _rss(peaks: dict[str, float]) -> str:
     values = list(peaks.values())
     if len(values) == 1:
         return f"{values[0]:.0f} MB"
-    # uvicorn's supervisor first, then its workers.
-    return f"{sum(values):.0f} MB = " + " + ".join(f"{mb:.0f}" for mb in values)
+    # `fulfill serve` (uvicorn's supervisor) first, then its children.
+    parts = " + ".join(f"{mb:.0f}" for mb in values)
+    return f"{sum(values):.0f} MB in {len(values)} processes ({parts})"
 
 
 def table(results: dict[str, Any]) -> Table:
     options = results["options"]
     machine = results["machine"]
+    load = f"{machine.get('load_average_before', 0):.1f} → {machine['load_average']:.1f}"
     title = (
-        f"fulfill bench — {machine['cpus']} CPUs (load {machine.get('load_average', 0):.1f} at "
-        f"the end), Stripe API latency {options['latency_ms']:g} ms, commit "
-        f"{results['commit']}, {results.get('seconds', '?')} s"
+        f"fulfill bench — {machine['cpus']} CPUs (load average {load}), Stripe API latency "
+        f"{options['latency_ms']:g} ms, commit {results['commit']}, {results.get('seconds', '?')} s"
     )
     grid = Table(title=title, title_justify="left", caption_justify="left")
     grid.add_column("#", justify="right")

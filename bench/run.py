@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -251,7 +253,7 @@ async def measure_ceiling(options: Options, workers: int) -> Throughput:
     return top
 
 
-async def bench(options: Options) -> dict[str, object]:
+async def bench(options: Options) -> dict[str, Any]:
     folder = options.folder
     if folder.exists():
         shutil.rmtree(folder)
@@ -287,7 +289,8 @@ async def bench(options: Options) -> dict[str, object]:
 
 def parse(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="make bench BENCH_ARGS=… (or python -m bench)",
+        prog="python -m bench",
+        epilog="From make: make bench BENCH_ARGS='--workers 1 --no-postgres'.",
         description=(
             "Measure the service next to a bare server on the same stack, on 127.0.0.1: "
             "1 the ceiling, 2 new sessions by webhook at rising rates, 3 duplicate "
@@ -373,9 +376,11 @@ def parse(argv: list[str] | None = None) -> Options:
 def main(argv: list[str] | None = None) -> None:
     options = parse(argv)
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         results = runner.run(bench(options))
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_average_before"] = round(load_before, 2)
     results["out"] = str(options.out)
     report.save(results, options.out)
     report.show(results)
