@@ -290,6 +290,7 @@ def check(as_json: bool) -> None:
                 "detail": "STRIPE_WEBHOOK_SECRET is not set; serve needs the endpoint's whsec_…",
             }
         )
+    findings.append(_check_mail(settings))
     if settings.stripe_secret_key is None:
         findings.append(
             {"what": "stripe", "result": "skipped", "detail": "STRIPE_SECRET_KEY not set"}
@@ -314,6 +315,32 @@ def check(as_json: bool) -> None:
         stdout().print(table)
     if failed:
         raise SystemExit(1)
+
+
+def _check_mail(settings: Any) -> dict[str, str]:
+    """Where customer emails go; with an SMTP server, that it takes our connection and login."""
+    from fulfill.mail.addresses import parse_address
+    from fulfill.mail.transport import SmtpTarget, SmtpTransport
+
+    if not settings.mail_enabled:
+        return {"what": "email", "result": "off", "detail": "FULFILL_MAIL=false"}
+    if settings.smtp_url is None:
+        return {
+            "what": "email",
+            "result": "outbox",
+            "detail": f"written to {settings.mail_outbox}, not sent: set FULFILL_SMTP_URL",
+        }
+    transport = SmtpTransport(SmtpTarget.parse(settings.smtp_url.get_secret_value()))
+    try:
+        asyncio.run(transport.check(parse_address(settings.mail_from).addr_spec))
+    except Exception as exc:
+        return {
+            "what": "email",
+            "result": "error",
+            "detail": f"{transport.description}: {type(exc).__name__}: {exc}; check "
+            "FULFILL_SMTP_URL's host, port, TLS, user and password",
+        }
+    return {"what": "email", "result": "ok", "detail": f"{transport.description} accepts us"}
 
 
 async def _check_stripe(key: str, api_base: str, catalog: Catalog) -> list[dict[str, str]]:

@@ -68,7 +68,8 @@ def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data
         b"shop",
         b"s3cret:p@ss",
     )
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers 535 itself (True would mean "already answered").
+    return AuthResult(success=ok, handled=False)
 
 
 @contextmanager

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
 import trustme
+from click.testing import CliRunner
 
+from fulfill.cli import main
 from fulfill.config import load_settings
 from fulfill.errors import ConfigError
 from fulfill.mail.transport import IMPLICIT, PLAIN, STARTTLS, SmtpTarget, SmtpTransport
+from tests.conftest import hook_catalog
 from tests.smtp import smtp_server
 
 PASSWORD = "s3cret:p@ss"
@@ -132,3 +138,69 @@ def test_bad_mail_settings_stop_the_start(variable: str, value: str, expected: s
     with pytest.raises(ConfigError, match=re.escape(expected)) as caught:
         load_settings(env_file=None, **{variable: value})
     assert caught.value.message.startswith(f"{variable}: ")
+
+
+def check_cli(tmp_path: Path, **env: str) -> tuple[int, dict[str, Any]]:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(hook_catalog("http://127.0.0.1:9/hook"))
+    outcome = CliRunner().invoke(
+        main,
+        ["check", "--json"],
+        env={"FULFILL_CATALOG": str(catalog), "STRIPE_WEBHOOK_SECRET": "whsec_x", **env},
+        catch_exceptions=False,
+    )
+    return outcome.exit_code, json.loads(outcome.output)
+
+
+def email_finding(answer: dict[str, Any]) -> dict[str, str]:
+    findings: list[dict[str, str]] = [f for f in answer["findings"] if f["what"] == "email"]
+    (finding,) = findings
+    return finding
+
+
+# aiosmtpd warns of AUTH without its own STARTTLS (the login-less case below).
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_check_logs_in_to_the_smtp_server_and_names_a_wrong_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, answer = check_cli(tmp_path)
+    assert (code, email_finding(answer)["result"]) == (0, "outbox")
+
+    # A server with a certificate from a CA the system trusts (SSL_CERT_FILE here).
+    authority = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    with smtp_server(starttls=server, auth=True) as sink:
+        good = f"smtp://shop:{URL_PASSWORD}@localhost:{sink.port}"
+        code, answer = check_cli(tmp_path, FULFILL_SMTP_URL=good)
+        assert (code, email_finding(answer)["result"]) == (0, "ok"), answer
+        assert "STARTTLS" in email_finding(answer)["detail"]
+        wrong = f"smtp://shop:not-the-password@localhost:{sink.port}"
+        code, answer = check_cli(tmp_path, FULFILL_SMTP_URL=wrong)
+        assert code == 1
+        finding = email_finding(answer)
+        assert finding["result"] == "error"
+        assert "SMTPAuthenticationError" in finding["detail"]
+        assert "FULFILL_SMTP_URL" in finding["detail"]
+        assert "not-the-password" not in json.dumps(answer)
+        assert sink.received == []  # a check sends nothing
+
+    with smtp_server(auth=True) as sink:
+        # This server wants a login; the URL gives none.
+        code, answer = check_cli(
+            tmp_path, FULFILL_SMTP_URL=f"smtp://127.0.0.1:{sink.port}?tls=none"
+        )
+        assert (code, email_finding(answer)["result"]) == (1, "error")
+    with smtp_server() as sink:
+        # STARTTLS asked for, not offered: an error, not a plain-text login.
+        code, answer = check_cli(
+            tmp_path, FULFILL_SMTP_URL=f"smtp://u:{URL_PASSWORD}@127.0.0.1:{sink.port}"
+        )
+        assert code == 1
+        assert PASSWORD not in json.dumps(answer)
+        assert URL_PASSWORD not in json.dumps(answer)
+    code, answer = check_cli(tmp_path, FULFILL_MAIL="false")
+    assert email_finding(answer)["result"] == "off"

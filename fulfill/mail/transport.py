@@ -110,11 +110,35 @@ class SmtpTransport:
         security = {IMPLICIT: "implicit TLS", STARTTLS: "STARTTLS", PLAIN: "no TLS"}[target.tls]
         self.description = f"SMTP {target.hostname}:{target.port} ({security})"
 
+    def _context(self) -> ssl.SSLContext | None:
+        if self.tls_context is None and self.target.tls != PLAIN:
+            return ssl.create_default_context()
+        return self.tls_context
+
+    async def check(self, sender: str) -> None:
+        """Connect, secure, log in and offer ``sender`` as a send would; then reset: send nothing.
+
+        ``MAIL FROM`` is where a server that wants a login, or does not let us
+        send as ``sender``, says so.
+        """
+        target = self.target
+        client = aiosmtplib.SMTP(
+            hostname=target.hostname,
+            port=target.port,
+            use_tls=target.tls == IMPLICIT,
+            start_tls=target.tls == STARTTLS,
+            tls_context=self._context(),
+            timeout=target.timeout,
+        )
+        async with client:
+            if target.username:
+                await client.login(target.username, target.password or "")
+            await client.mail(sender)
+            await client.rset()
+
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
         target = self.target
-        context = self.tls_context
-        if context is None and target.tls != PLAIN:
-            context = ssl.create_default_context()
+        context = self._context()
         try:
             errors, _ = await aiosmtplib.send(
                 message,
