@@ -385,3 +385,11 @@ def main(argv: list[str] | None = None) -> None:
     report.save(results, options.out)
     report.show(results)
     say(f"done in {results['seconds']} s; results in {options.out}")
+    # Targets missed say something about the machine as much as the service,
+    # and do not fail the run; a configuration that did not run, or a line
+    # item performed twice, does.
+    broken = [c["name"] for c in results["configs"] if c["error"]]
+    twice = sum(c["performed_twice"] for c in results["configs"])
+    if broken or twice:
+        say(f"FAILED: {', '.join(broken) or 'no run failed'}; {twice} line items performed twice")
+        sys.exit(1)
