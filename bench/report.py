@@ -1,6 +1,7 @@
 """The results: one JSON document, and one table printed from it.
 
-``python -m bench.report var/bench.json`` prints the table of a saved run again.
+``python -m bench.report var/bench.json`` prints the table of a saved run again;
+with ``--markdown``, as the ratios docs/benchmark.md quotes.
 """
 
 from __future__ import annotations
@@ -347,5 +348,78 @@ def show(results: dict[str, Any]) -> None:
     console.print(targets_table(results))
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The run as ratios (docs/benchmark.md): absolute times depend on the machine.
+
+    Rates against the ceiling; latencies as multiples of the emulator's API
+    latency (the floor Stripe sets); CPU per request as multiples of the
+    bare endpoint's.
+    """
+    latency = results["options"]["latency_ms"] / 1000
+    ceilings = results["ceilings"]
+
+    def times_latency(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds / latency:.1f}x"
+
+    def times_bare(config: dict[str, Any], seconds: float | None) -> str:
+        bare = ceilings[str(config["workers"])]["server_cpu"]
+        return "-" if seconds is None or not bare else f"{seconds / bare:.0f}x"
+
+    lines = [
+        "| # | scenario | service | result | p99 / API latency | CPU per request / bare |",
+        "|---|---|---|---|---|---|",
+    ]
+    for workers, top in ceilings.items():
+        lines.append(
+            f"| 1 | bare endpoint (ceiling) | Starlette x{workers} | 1.00 | "
+            f"{times_latency(top['p99'])} | 1x |"
+        )
+    for config in results["configs"]:
+        name = config["name"]
+        if config["error"]:
+            lines.append(f"| | failed | {name} | {config['error'][:80]} | | |")
+        for step in config["webhook_steps"]:
+            lines.append(
+                f"| 2 | new sessions offered at {step['rate']:g}/s | {name} | "
+                f"{step['fulfilled']}/{step['sessions']} fulfilled, at "
+                f"{step['fulfilled_rate'] / step['rate']:.2f}x the offered rate"
+                f"{'' if step['sustained'] else ' — **not sustained**'} | "
+                f"ack {times_latency(step['ack_p99'])}, fulfilled "
+                f"{times_latency(step['fulfil_p99'])} | {times_bare(config, step['server_cpu'])} |"
+            )
+        for number, key, label in (
+            ("3", "duplicates", "duplicate deliveries"),
+            ("4", "landing", "landing page of a fulfilled session"),
+        ):
+            measured = config[key]
+            if measured:
+                lines.append(
+                    f"| {number} | {label} | {name} | {measured['vs_ceiling']:.2f}x the ceiling | "
+                    f"{times_latency(measured['p99'])} | "
+                    f"{times_bare(config, measured['server_cpu'])} |"
+                )
+        if config["api_calls"]:
+            calls = ", ".join(
+                f"{c['items']} items{' dup.' if c['duplicates'] else ''}: {c['per_session']:.2f}"
+                for c in config["api_calls"]
+            )
+            lines.append(f"| 5 | API calls per session | {name} | {calls} | | |")
+        if config["peak_rss_mb"]:
+            lines.append(f"| 6 | peak RSS | {name} | {_rss(config['peak_rss_mb'])} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.report [--markdown] [FILE]``: a saved run, again."""
+    args = sys.argv[1:] if argv is None else argv
+    as_markdown = "--markdown" in args
+    files = [a for a in args if a != "--markdown"]
+    results = json.loads(Path(files[0] if files else "var/bench.json").read_text())
+    if as_markdown:
+        print(markdown(results), end="")
+    else:
+        show(results)
+
+
 if __name__ == "__main__":
-    show(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "var/bench.json").read_text()))
+    main()
