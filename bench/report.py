@@ -44,13 +44,27 @@ def _clean(value: Any) -> Any:
 
 
 def _commit() -> str | None:
+    """The commit measured; "+changes" when the service's code differs from it."""
+    root = Path(__file__).resolve().parent.parent
     try:
         answer = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+        )
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "fulfill"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
         )
     except (OSError, subprocess.CalledProcessError):
         return None
-    return answer.stdout.strip() or None
+    commit = answer.stdout.strip()
+    return f"{commit}+changes" if commit and changed.stdout.strip() else commit or None
 
 
 def _config(config: Config) -> dict[str, Any]:
