@@ -206,6 +206,7 @@ def build(
                 "closed_seconds": options.closed_seconds,
                 "concurrency": options.concurrency,
                 "scenarios": sorted(options.scenarios),
+                "service_env": dict(options.service_env),
                 "profile": options.profile,
             },
             "postgres_skipped": postgres_skipped,

@@ -73,6 +73,7 @@ class Options:
     workers: tuple[int, ...]
     postgres: bool
     scenarios: frozenset[int]
+    service_env: tuple[tuple[str, str], ...]
     profile: bool
     folder: Path
     out: Path
@@ -160,6 +161,7 @@ async def run_config(config: Config, options: Options, emulator: Process, baseli
         await shop.reset()
         async with database_for(config.database, folder, config.workers) as database:
             env = service_env(folder, emulator.url, database, action_log)
+            env.update(options.service_env)
             say(f"{config.name}: starting the service")
             service = await asyncio.to_thread(
                 start_service, name, folder, env, workers=config.workers, profile=options.profile
@@ -332,6 +334,13 @@ def parse(argv: list[str] | None = None) -> Options:
         help="which of scenarios 2-5 to run (1 and 6 always are), comma-separated",
     )
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the service, e.g. FULFILL_MAIL=false; repeatable",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="run the service under pyinstrument; samples in FOLDER/service-*.pyisession",
@@ -358,6 +367,9 @@ def parse(argv: list[str] | None = None) -> Options:
         parser.error("--workers: one or more counts of 1 or more")
     if not chosen <= {2, 3, 4, 5}:
         parser.error("--scenarios: numbers from 2 to 5")
+    pairs = [tuple(e.split("=", 1)) for e in args.env]
+    if any(len(p) != 2 or not p[0] for p in pairs):
+        parser.error("--env: NAME=VALUE")
     return Options(
         latency_ms=args.latency_ms,
         rates=rates,
@@ -367,6 +379,7 @@ def parse(argv: list[str] | None = None) -> Options:
         workers=workers,
         postgres=not args.no_postgres,
         scenarios=chosen,
+        service_env=tuple((p[0], p[1]) for p in pairs),
         profile=args.profile,
         folder=args.folder.resolve(),
         out=args.out.resolve(),
