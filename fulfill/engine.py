@@ -127,6 +127,10 @@ class Engine:
         # triggers in one process await one task instead of polling the database.
         self._running: dict[str, asyncio.Task[None]] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # When this process last knew it held each session's lease (monotonic
+        # seconds): a claim, a heartbeat, an item recorded under it.
+        self._confirmed: dict[str, float] = {}
+        self.monotonic: Callable[[], float] = time.monotonic
 
     # -- the entry point ---------------------------------------------------------
 
@@ -334,12 +338,14 @@ class Engine:
 
     async def _perform(self, session_id: str, snapshot: SessionSnapshot) -> None:
         now = self.clock()
+        asked = self.monotonic()
         if not await self.store.claim(session_id, self.owner, self.options.lease_seconds, now):
             # Another process claimed it first: its outcome is what our callers wait for.
             await self._await_outcome(
                 session_id, "claim", self.options.wait_seconds, takeover=False
             )
             return
+        self._confirmed[session_id] = asked
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(session_id))
         try:
             await self._perform_items(session_id, snapshot)
@@ -351,6 +357,7 @@ class Engine:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            self._confirmed.pop(session_id, None)
 
     async def _perform_items(self, session_id: str, snapshot: SessionSnapshot) -> None:
         record = await self._get(session_id)
@@ -369,6 +376,9 @@ class Engine:
                     f"No catalog entry matches line item {item.line_item_id} "
                     f"({line.facts.describe()}); add one to the catalog, then retry."
                 )
+            if not await self._still_ours(session_id):
+                log.warning("lost the lease on %s…; another worker continues", session_id[:16])
+                return
             context = self._context(snapshot, line.line_item_id, entry)
             started = time.perf_counter()
             try:
@@ -388,6 +398,8 @@ class Engine:
                 time.perf_counter() - started
             )
             done = (session_id, item.line_item_id, self.owner, result, self.clock())
+            # What a write proves is that the lease was ours when it was sent.
+            asked = self.monotonic()
             if n == len(pending) - 1:
                 # The last item and the session's end: one transaction.
                 recorded, finished = await self.store.finish_with_item(
@@ -399,6 +411,7 @@ class Engine:
                 # Our lease was taken over: the new owner carries on; stop here.
                 log.warning("lost the lease on %s…; another worker continues", session_id[:16])
                 return
+            self._confirmed[session_id] = asked
         if finished is None:  # nothing was left to perform
             finished = await self.store.finish(session_id, self.owner, self.clock(), email=email)
         if finished:
@@ -444,15 +457,35 @@ class Engine:
         await self.store.fail(session_id, self.owner, message, next_at, now)
         self.metrics.fulfillments.labels("failed").inc()
 
+    async def _still_ours(self, session_id: str) -> bool:
+        """Before an item: is the lease still ours? Asked only when not known lately.
+
+        The heartbeat keeps the lease while the process runs; a process that
+        stalled (a paused VM, a blocked loop) past half the lease since it last
+        knew may have lost it to another worker, which may be performing the
+        same items: renew (conditionally on still owning it) before going on.
+        """
+        if self.monotonic() - self._confirmed.get(session_id, 0.0) < self.options.lease_seconds / 2:
+            return True
+        asked = self.monotonic()
+        renewed = await self.store.renew(
+            session_id, self.owner, self.options.lease_seconds, self.clock()
+        )
+        if renewed:
+            self._confirmed[session_id] = asked
+        return renewed
+
     async def _heartbeat(self, session_id: str) -> None:
         """Keep the lease while actions run; a slow action must not look like a dead worker."""
         while True:
             await asyncio.sleep(self.options.lease_seconds / 3)
+            asked = self.monotonic()
             renewed = await self.store.renew(
                 session_id, self.owner, self.options.lease_seconds, self.clock()
             )
             if not renewed:
                 return
+            self._confirmed[session_id] = asked
 
     # -- the background worker's step ----------------------------------------------------
 
