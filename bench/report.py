@@ -374,7 +374,10 @@ def markdown(results: dict[str, Any]) -> str:
     ceilings = results["ceilings"]
 
     def times_latency(seconds: float | None) -> str:
-        return "-" if seconds is None else f"{seconds / latency:.1f}x"
+        if seconds is None:
+            return "-"
+        ratio = seconds / latency
+        return f"{ratio:.2f}x" if ratio < 1 else f"{ratio:.1f}x"
 
     def times_bare(config: dict[str, Any], seconds: float | None) -> str:
         bare = ceilings[str(config["workers"])]["server_cpu"]
@@ -415,7 +418,8 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         if config["api_calls"]:
             calls = ", ".join(
-                f"{c['items']} items{' dup.' if c['duplicates'] else ''}: {c['per_session']:.2f}"
+                f"{c['items']} item{'s' if c['items'] > 1 else ''}"
+                f"{' dup.' if c['duplicates'] else ''}: {c['per_session']:.2f}"
                 for c in config["api_calls"]
             )
             lines.append(f"| 5 | API calls per session | {name} | {calls} | | |")
