@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from fulfill import logs
-from fulfill.actions import Action, ActionError, ItemContext
+from fulfill.actions import Action, ActionError, ItemContext, PermanentActionError
 from fulfill.catalog import Catalog, CatalogEntry
 from fulfill.errors import FulfillError
 from fulfill.metrics import Metrics
@@ -391,7 +391,10 @@ class Engine:
                 await self.store.item_failed(
                     session_id, item.line_item_id, message, action=entry.action
                 )
-                raise ActionError(
+                kind = (
+                    PermanentActionError if isinstance(exc, PermanentActionError) else ActionError
+                )
+                raise kind(
                     f"{entry.action} action for line item {item.line_item_id} failed: {message}"
                 ) from exc
             self.metrics.action_seconds.labels(entry.action, "done").observe(
@@ -447,7 +450,9 @@ class Engine:
         record = await self._get(session_id)
         now = self.clock()
         next_at: datetime | None = None
-        if record.attempts < self.options.max_attempts:
+        if record.attempts < self.options.max_attempts and not isinstance(
+            exc, PermanentActionError
+        ):
             delay = backoff_seconds(record.attempts, base=self.options.retry_base_seconds)
             next_at = now + timedelta(seconds=delay)
         message = _describe(exc)

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -170,7 +171,8 @@ def test_a_bought_tshirt_is_a_pending_shipment_shown_per_item(
 def test_a_physical_item_without_an_address_fails_the_session_clearly(
     service_factory: ServiceFactory,
 ) -> None:
-    service = service_factory(SHIPMENT_CATALOG, FULFILL_MAX_ATTEMPTS=1)
+    # Retries every 0.2 s, up to 10 attempts: none of them could ever find an address.
+    service = service_factory(SHIPMENT_CATALOG, FULFILL_RETRY_BASE=0.2)
     price = service.shop.price("T-shirt", 2500, product_metadata=TSHIRT)
     session_id = service.paid_session([(price, 1)])
     record = wait_status(service, session_id, "failed")
@@ -179,6 +181,11 @@ def test_a_physical_item_without_an_address_fails_the_session_clearly(
     (item,) = record["items"]
     assert item["status"] == "failed"
     assert item["error"] == NO_ADDRESS
+    # Failed for good at once: no next attempt, and none made by the worker.
+    assert record["next_attempt_at"] is None
+    time.sleep(1.0)
+    record = service.landing(session_id).json()
+    assert (record["status"], record["attempts"]) == ("failed", 1)
 
 
 # -- fulfill shipments -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from datetime import datetime
 import httpx
 
 from fulfill.actions.access import AccessAction
-from fulfill.actions.base import Action, ActionError, ItemContext, utcnow
+from fulfill.actions.base import Action, ActionError, ItemContext, PermanentActionError, utcnow
 from fulfill.actions.download import DownloadAction
 from fulfill.actions.license import LicenseAction
 from fulfill.actions.python import PythonAction
@@ -32,6 +32,7 @@ __all__ = [
     "ActionDeps",
     "ActionError",
     "ItemContext",
+    "PermanentActionError",
     "build_action",
 ]
 

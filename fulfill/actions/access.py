@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from fulfill.actions.base import ActionError, ItemContext, utcnow
+from fulfill.actions.base import ItemContext, PermanentActionError, utcnow
 from fulfill.records import iso
 from fulfill.store.deliverables import AccessGrant, Deliverables
 
@@ -59,7 +59,7 @@ class AccessAction:
         email = item.customer.get("email")
         if not isinstance(email, str) or not email.strip():
             # Checkout always collects an email; without one nobody could use the grant.
-            raise ActionError(
+            raise PermanentActionError(
                 "the session has no customer email, and an access grant belongs to an email"
             )
         now = self.clock()

@@ -32,6 +32,17 @@ class ActionError(FulfillError):
     code = "action_failed"
 
 
+class PermanentActionError(ActionError):
+    """The item can never be fulfilled as the session stands: retrying cannot help.
+
+    The session is recorded ``failed`` with no next attempt, at once, for an
+    operator (``fulfill retry`` after fixing the cause), instead of being
+    retried to the limit over hours.
+    """
+
+    code = "action_failed_permanently"
+
+
 @dataclass(frozen=True)
 class ItemContext:
     """One line item of a paid Checkout Session, with what the catalog says about it."""

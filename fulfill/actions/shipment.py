@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from fulfill.actions.base import ActionError, ItemContext, utcnow
+from fulfill.actions.base import ItemContext, PermanentActionError, utcnow
 from fulfill.store.deliverables import Deliverables
 
 NO_ADDRESS = (
@@ -67,7 +67,8 @@ class ShipmentAction:
         """Record the shipment (once per item); ``{"shipment", "message"}``."""
         address = shipping_address(item.shipping)
         if address is None:
-            raise ActionError(NO_ADDRESS)
+            # The session will never gain an address: no retry can help.
+            raise PermanentActionError(NO_ADDRESS)
         assert item.shipping is not None
         name = item.shipping.get("name") or item.customer.get("name")
         phone = item.shipping.get("phone") or item.customer.get("phone")
