@@ -268,12 +268,14 @@ class Engine:
 
     # -- emails ---------------------------------------------------------------------
 
-    def _email(self, kind: str, session_id: str) -> QueuedEmail | None:
-        return self.mailer.queued(kind, session_id) if self.mailer is not None else None
+    def _email(self, kind: str, session_id: str, *, claim: bool = False) -> QueuedEmail | None:
+        if self.mailer is None:
+            return None
+        return self.mailer.queued(kind, session_id, claim=claim)
 
-    def _send_emails(self, session_id: str) -> None:
+    def _send_emails(self, session_id: str, *, claimed: QueuedEmail | None = None) -> None:
         if self.mailer is not None:
-            self.mailer.kick(session_id)
+            self.mailer.kick(session_id, claimed=claimed)
 
     # -- checks ---------------------------------------------------------------------
 
@@ -364,7 +366,9 @@ class Engine:
         by_id = {item.line_item_id: item for item in snapshot.items}
         pending = [item for item in record.items if item.status != ITEM_DONE]
         finished: bool | None = None
-        email = self._email(FULFILLED_EMAIL, session_id)
+        # Queued already claimed: the finish succeeds once per session, so the
+        # row it inserts is ours to send without a claim of its own.
+        email = self._email(FULFILLED_EMAIL, session_id, claim=True)
         for n, item in enumerate(pending):
             line = by_id.get(item.line_item_id)
             if line is None:
@@ -421,7 +425,7 @@ class Engine:
             self.metrics.fulfillments.labels("fulfilled").inc()
             log.info("fulfilled")
             if email is not None:
-                self._send_emails(session_id)
+                self._send_emails(session_id, claimed=email)
         else:
             log.warning("could not mark the session fulfilled; the lease was lost")
 

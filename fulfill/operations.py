@@ -379,7 +379,6 @@ def mail() -> None:
 )
 def mail_preview(session_id: str, kind: str, html_path: str | None) -> None:
     """Render an email of a recorded session, as the customer would get it; sends nothing."""
-    from email.message import EmailMessage
     from pathlib import Path
 
     from fulfill.mail.compose import message_id_for
@@ -394,7 +393,7 @@ def mail_preview(session_id: str, kind: str, html_path: str | None) -> None:
     composed = composer.compose(
         kind, record, message_id_for(session_id, kind, composer.shop.domain)
     )
-    message: EmailMessage = composed.message
+    message = composed.message
     html = message.get_body(preferencelist=("html",))
     text = message.get_body(preferencelist=("plain",))
     assert html is not None

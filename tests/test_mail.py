@@ -415,8 +415,8 @@ def test_a_sender_that_dies_after_sending_is_followed_by_one_with_the_same_messa
             def __init__(self, inner: Any) -> None:
                 self.inner = inner
 
-            async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
-                await self.inner.send(message, recipient, name)
+            async def send(self, data: bytes, sender: str, recipient: str, name: str) -> None:
+                await self.inner.send(data, sender, recipient, name)
                 raise asyncio.CancelledError  # the process is gone: nothing more runs
 
         real = mailer.transport

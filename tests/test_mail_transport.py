@@ -37,13 +37,16 @@ def certificates() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
-def letter() -> EmailMessage:
+def letter() -> bytes:
     message = EmailMessage()
     message["From"] = "orders@lantern.example"
     message["To"] = "jenny@example.com"
     message["Subject"] = "Your order"
     message.set_content("Thank you.")
-    return message
+    return message.as_bytes()
+
+
+SENDER = "orders@lantern.example"
 
 
 def test_starttls_with_a_password(certificates: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
@@ -52,7 +55,7 @@ def test_starttls_with_a_password(certificates: tuple[ssl.SSLContext, ssl.SSLCon
         target = SmtpTarget.parse(f"smtp://shop:{URL_PASSWORD}@localhost:{sink.port}")
         assert (target.tls, target.username, target.password) == (STARTTLS, "shop", PASSWORD)
         transport = SmtpTransport(target, tls_context=client)
-        asyncio.run(transport.send(letter(), "jenny@example.com", "x"))
+        asyncio.run(transport.send(letter(), SENDER, "jenny@example.com", "x"))
         [received] = sink.wait_for(1)
         assert received.recipients == ["jenny@example.com"]
         assert PASSWORD not in repr(target)
@@ -67,7 +70,9 @@ def test_implicit_tls_with_a_password(certificates: tuple[ssl.SSLContext, ssl.SS
         target = SmtpTarget.parse(f"smtps://shop:{URL_PASSWORD}@localhost:{sink.port}")
         assert target.tls == IMPLICIT
         asyncio.run(
-            SmtpTransport(target, tls_context=client).send(letter(), "jenny@example.com", "x")
+            SmtpTransport(target, tls_context=client).send(
+                letter(), SENDER, "jenny@example.com", "x"
+            )
         )
         assert len(sink.wait_for(1)) == 1
 
@@ -80,7 +85,7 @@ def test_a_certificate_nobody_vouches_for_is_refused(
         target = SmtpTarget.parse(f"smtp://shop:{URL_PASSWORD}@localhost:{sink.port}")
         # The system's trust store: the test CA is not in it.
         with pytest.raises((aiosmtplib.SMTPException, ssl.SSLError)):
-            asyncio.run(SmtpTransport(target).send(letter(), "jenny@example.com", "x"))
+            asyncio.run(SmtpTransport(target).send(letter(), SENDER, "jenny@example.com", "x"))
         assert sink.received == []
 
 
@@ -88,11 +93,11 @@ def test_starttls_is_required_when_asked_for_never_skipped() -> None:
     with smtp_server() as sink:  # a server that offers no STARTTLS
         target = SmtpTarget.parse(f"smtp://localhost:{sink.port}")
         with pytest.raises(aiosmtplib.SMTPException, match=r"(?i)starttls"):
-            asyncio.run(SmtpTransport(target).send(letter(), "jenny@example.com", "x"))
+            asyncio.run(SmtpTransport(target).send(letter(), SENDER, "jenny@example.com", "x"))
         assert sink.received == []
         plain = SmtpTarget.parse(f"smtp://127.0.0.1:{sink.port}?tls=none")
         assert plain.tls == PLAIN
-        asyncio.run(SmtpTransport(plain).send(letter(), "jenny@example.com", "x"))
+        asyncio.run(SmtpTransport(plain).send(letter(), SENDER, "jenny@example.com", "x"))
         assert len(sink.wait_for(1)) == 1
 
 

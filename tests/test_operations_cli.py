@@ -247,6 +247,7 @@ def test_check_finds_every_catalog_price_product_and_lookup_key(
     report = as_json(fulfill(env, "check", "--json"))
     assert report["ok"] is True
     results = {f["what"]: f["result"] for f in report["findings"]}
+    assert results.pop("email") == "outbox"  # no FULFILL_SMTP_URL: written, not sent
     assert set(results.values()) == {"ok"}
     assert len([w for w in results if w.endswith((" price", " product", " lookup_key"))]) == 3
 

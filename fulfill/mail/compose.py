@@ -5,20 +5,24 @@ product names and results are text, never markup) and shows what the
 landing page shows: the items, download links, licence keys, access links
 and the shipping address, with a link back to the landing page.
 
-Headers are built with the ``email`` package's header registry: a value with
-a CR or LF cannot become a second header, and names the customer typed are
-stripped of control characters first, so they cannot even try.
+Header values cannot become a second header: addresses are parsed and
+checked (``parse_address`` refuses control characters), names the customer
+typed and the subject are reduced to one line of text (``clean_text``), and
+``_header`` refuses a CR or LF in any value before it is set.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from email import message_from_bytes
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32, default
+from email.utils import formataddr, formatdate
 
 from fulfill.landing import item_badge
 from fulfill.mail.addresses import AddressError, clean_text, parse_address
@@ -39,6 +43,10 @@ def message_id_for(session_id: str, kind: str, domain: str) -> str:
     """
     digest = hashlib.sha256(f"{session_id}\0{kind}".encode()).hexdigest()[:32]
     return f"<{kind}.{digest}@{domain}>"
+
+
+# CRLF line ends, as SMTP wants them; compat32 keeps headers exactly as set.
+WIRE = compat32.clone(linesep="\r\n")
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,33 @@ SUBJECTS = {
 
 @dataclass(frozen=True)
 class Composed:
-    message: EmailMessage
+    """One email, serialized for the wire, with its envelope."""
+
+    data: bytes
+    sender: str
     recipient: str
+
+    @property
+    def message(self) -> EmailMessage:
+        """The email parsed back (previews, tests); sending uses ``data`` as is."""
+        parsed = message_from_bytes(self.data, policy=default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+def _header(value: str) -> str:
+    """A header value as it goes on the wire: one line, RFC 2047 when not ASCII.
+
+    Every value here was built from checked addresses and cleaned text, so a
+    CR or LF cannot arrive; refusing one anyway keeps it so if that changes.
+    """
+    if "\r" in value or "\n" in value:
+        raise ValueError("a header value must be one line")
+    return value if value.isascii() else Header(value, "utf-8").encode()
+
+
+def _address(address: Address) -> str:
+    return _header(formataddr((address.display_name, address.addr_spec), charset="utf-8"))
 
 
 class Composer:
@@ -110,18 +143,21 @@ class Composer:
         return subject, text, html
 
     def compose(self, kind: str, record: FulfillmentRecord, message_id: str) -> Composed:
+        """The email as bytes. Built on the compat32 classes from checked, one-line
+        values: a third of the CPU of the ``email`` header registry, at a hundred
+        sessions a second (docs/benchmark.md)."""
         to = self.recipient(record)
         subject, text, html = self.render(kind, record)
-        message = EmailMessage(policy=SMTP)
-        message["Subject"] = subject
-        message["From"] = self.shop.sender
-        message["To"] = to
+        message = MIMEMultipart("alternative")
+        message["Subject"] = _header(subject)
+        message["From"] = _address(self.shop.sender)
+        message["To"] = _address(to)
         if self.shop.support.addr_spec != self.shop.sender.addr_spec:
-            message["Reply-To"] = self.shop.support
-        message["Message-ID"] = message_id
-        message["Date"] = format_datetime(datetime.now(UTC), usegmt=True)
+            message["Reply-To"] = _address(self.shop.support)
+        message["Message-ID"] = _header(message_id)
+        message["Date"] = formatdate(usegmt=True)
         # RFC 3834: a message a program sent; auto-responders do not answer it.
         message["Auto-Submitted"] = "auto-generated"
-        message.set_content(text, subtype="plain", charset="utf-8")
-        message.add_alternative(html, subtype="html", charset="utf-8")
-        return Composed(message, to.addr_spec)
+        message.attach(MIMEText(text, "plain", "utf-8"))
+        message.attach(MIMEText(html, "html", "utf-8"))
+        return Composed(message.as_bytes(policy=WIRE), self.shop.sender.addr_spec, to.addr_spec)

@@ -69,21 +69,34 @@ class Mailer:
 
     # -- what the engine asks --------------------------------------------------------
 
-    def queued(self, kind: str, session_id: str) -> QueuedEmail | None:
-        """The row to queue with a change to ``kind``'s status, or None when it is off."""
+    def queued(self, kind: str, session_id: str, *, claim: bool = False) -> QueuedEmail | None:
+        """The row to queue with a change to ``kind``'s status, or None when it is off.
+
+        ``claim``: queue it already claimed by this mailer, to be sent by
+        ``kick(..., claimed=QueuedEmail)`` without a claim of its own. Only for
+        a change made once per session (``fulfilled``: the finish succeeds
+        once), so the row is certainly the one this transaction inserted.
+        """
         if kind not in self.kinds:
             return None
-        return QueuedEmail(kind, message_id_for(session_id, kind, self.composer.shop.domain))
+        message_id = message_id_for(session_id, kind, self.composer.shop.domain)
+        if claim:
+            return QueuedEmail(kind, message_id, self.owner, self.lease_seconds)
+        return QueuedEmail(kind, message_id)
 
-    def kick(self, session_id: str) -> None:
-        """Send the session's due emails now, in the background."""
-        task = asyncio.get_running_loop().create_task(self._kicked(session_id))
+    def kick(self, session_id: str, *, claimed: QueuedEmail | None = None) -> None:
+        """Send the session's due emails (or the one ``claimed``) now, in the background."""
+        task = asyncio.get_running_loop().create_task(self._kicked(session_id, claimed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _kicked(self, session_id: str) -> None:
+    async def _kicked(self, session_id: str, claimed: QueuedEmail | None) -> None:
         try:
-            await self.send_due(session_id=session_id)
+            if claimed is not None and claimed.owner == self.owner:
+                with logs.bound(session_id=session_id):
+                    await self._deliver(session_id, claimed.kind, claimed.message_id, 1)
+            else:
+                await self.send_due(session_id=session_id)
         except Exception as exc:
             # The worker's pass sends it later; the failure is recorded if it got that far.
             log.warning("sending the emails of %s… failed: %s", session_id[:16], exc)
@@ -112,39 +125,39 @@ class Mailer:
             )
             if row is None:
                 return False
-            record = await self.store.get(session_id)
-            if record is None:  # a row without its record cannot happen; never loop on it
-                await self.store.emails.skipped(
-                    session_id, kind, self.owner, "no record of the session", self.clock()
-                )
-                return False
-            try:
-                record = await self._with_customer(record, kind)
-                composed = self.composer.compose(kind, record, row.message_id)
-            except AddressError as exc:
-                # Nothing to send to: recorded, not retried (an operator can).
-                log.warning("%s email not sent: %s", kind, exc.message)
-                await self.store.emails.skipped(
-                    session_id, kind, self.owner, exc.message, self.clock()
-                )
-                self.metrics.emails.labels(kind, "skipped").inc()
-                return False
-            try:
-                async with asyncio.timeout(self.lease_seconds / 2):
-                    await self.transport.send(
-                        composed.message, composed.recipient, f"{session_id}.{kind}"
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._failed(row.attempts, session_id, kind, composed.recipient, exc)
-                return False
-            await self.store.emails.sent(
-                session_id, kind, self.owner, composed.recipient, self.clock()
+            return await self._deliver(session_id, kind, row.message_id, row.attempts)
+
+    async def _deliver(self, session_id: str, kind: str, message_id: str, attempts: int) -> bool:
+        """Compose and send an email this mailer holds the claim of; record the outcome."""
+        record = await self.store.get(session_id)
+        if record is None:  # a row without its record cannot happen; never loop on it
+            await self.store.emails.skipped(
+                session_id, kind, self.owner, "no record of the session", self.clock()
             )
-            self.metrics.emails.labels(kind, "sent").inc()
-            log.info("%s email sent", kind)
-            return True
+            return False
+        try:
+            record = await self._with_customer(record, kind)
+            composed = self.composer.compose(kind, record, message_id)
+        except AddressError as exc:
+            # Nothing to send to: recorded, not retried (an operator can).
+            log.warning("%s email not sent: %s", kind, exc.message)
+            await self.store.emails.skipped(session_id, kind, self.owner, exc.message, self.clock())
+            self.metrics.emails.labels(kind, "skipped").inc()
+            return False
+        try:
+            async with asyncio.timeout(self.lease_seconds / 2):
+                await self.transport.send(
+                    composed.data, composed.sender, composed.recipient, f"{session_id}.{kind}"
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(attempts, session_id, kind, composed.recipient, exc)
+            return False
+        await self.store.emails.sent(session_id, kind, self.owner, composed.recipient, self.clock())
+        self.metrics.emails.labels(kind, "sent").inc()
+        log.info("%s email sent", kind)
+        return True
 
     async def _with_customer(self, record: FulfillmentRecord, kind: str) -> FulfillmentRecord:
         """A record made by a bare ``payment_failed`` event has no customer: ask Stripe once."""

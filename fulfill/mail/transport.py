@@ -21,7 +21,6 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -36,8 +35,8 @@ PLAIN = "none"
 class Transport(Protocol):
     description: str
 
-    async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
-        """Deliver ``message`` to ``recipient``; raise when it was not accepted."""
+    async def send(self, data: bytes, sender: str, recipient: str, name: str) -> None:
+        """Deliver the email ``data`` from ``sender`` to ``recipient``; raise if not accepted."""
         ...
 
 
@@ -136,12 +135,13 @@ class SmtpTransport:
             await client.mail(sender)
             await client.rset()
 
-    async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
+    async def send(self, data: bytes, sender: str, recipient: str, name: str) -> None:
         target = self.target
         context = self._context()
         try:
             errors, _ = await aiosmtplib.send(
-                message,
+                data,
+                sender=sender,
                 recipients=[recipient],
                 hostname=target.hostname,
                 port=target.port,
@@ -170,8 +170,8 @@ class OutboxTransport:
         self.folder = folder
         self.description = f"outbox folder {folder} (no FULFILL_SMTP_URL: nothing is sent)"
 
-    async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
-        await asyncio.to_thread(self._write, message.as_bytes(), name)
+    async def send(self, data: bytes, sender: str, recipient: str, name: str) -> None:
+        await asyncio.to_thread(self._write, data, name)
 
     def _write(self, data: bytes, name: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

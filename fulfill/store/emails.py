@@ -43,6 +43,9 @@ class QueuedEmail:
 
     kind: str
     message_id: str
+    # Queued already claimed by this sender, to send without a claim of its own.
+    owner: str | None = None
+    lease_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,25 @@ async def enqueue(
     now: datetime,
 ) -> None:
     """Queue ``email`` for the session inside the caller's transaction (once per kind)."""
+    claimed = (
+        {
+            "status": SENDING,
+            "lease_owner": email.owner,
+            "lease_expires_at": now + timedelta(seconds=email.lease_seconds),
+            "attempts": 1,
+        }
+        if email.owner is not None
+        else {"status": PENDING, "attempts": 0}
+    )
     await connection.execute(
         insert(emails)
         .values(
             session_id=session_id,
             kind=email.kind,
-            status=PENDING,
             message_id=email.message_id,
-            attempts=0,
             created_at=now,
             updated_at=now,
+            **claimed,
         )
         .on_conflict_do_nothing(index_elements=["session_id", "kind"])
     )
