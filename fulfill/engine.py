@@ -69,6 +69,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fulfill.engine")
 
+# Fulfilled records each process keeps in memory for repeated page visits.
+KEPT_RECORDS = 10_000
+
 
 class InvalidSessionId(FulfillError):
     status_code = 400
@@ -131,6 +134,9 @@ class Engine:
         # seconds): a claim, a heartbeat, an item recorded under it.
         self._confirmed: dict[str, float] = {}
         self.monotonic: Callable[[], float] = time.monotonic
+        # Fulfilled records, final by nature (no status replaces ``fulfilled``),
+        # kept for the landing page's refreshes; oldest dropped first.
+        self._fulfilled: dict[str, FulfillmentRecord] = {}
 
     # -- the entry point ---------------------------------------------------------
 
@@ -167,6 +173,11 @@ class Engine:
         admit: Callable[[], Awaitable[None]] | None,
     ) -> FulfillmentRecord:
         wait = self.options.wait_seconds if wait is None else wait
+        kept = self._fulfilled.get(session_id)
+        if kept is not None and trigger in kept.triggers:
+            # A customer refreshing the page of a fulfilled order: nothing can
+            # change it any more, and this trigger is already recorded.
+            return kept
         # One caller per session at a time in this process decides what to do;
         # the others then find its task running and wait on it, so concurrent
         # triggers in one process cost one retrieve (SPEC §10.3).
@@ -182,7 +193,7 @@ class Engine:
             await _bounded(task, wait)
             record = await self._get(session_id)
             await self._note_trigger(record, trigger)
-            return record
+            return self._keep(record)
         assert record is not None
         if record.status == FULFILLING:
             # Another process holds the session: wait, bounded, for its outcome.
@@ -201,7 +212,7 @@ class Engine:
         if record is not None:
             await self._note_trigger(record, trigger)
             if record.status == FULFILLED:
-                return record, None
+                return self._keep(record), None
             if record.status == FAILED and not force and not self._retry_due(record):
                 return record, None
             if record.status == FULFILLING and not self._lease_expired(record):
@@ -312,6 +323,13 @@ class Engine:
         if trigger not in record.triggers:
             await self.store.add_trigger(record.session_id, trigger, self.clock())
             record.triggers.append(trigger)
+
+    def _keep(self, record: FulfillmentRecord) -> FulfillmentRecord:
+        if record.status == FULFILLED:
+            self._fulfilled[record.session_id] = record
+            if len(self._fulfilled) > KEPT_RECORDS:
+                del self._fulfilled[next(iter(self._fulfilled))]
+        return record
 
     async def _get(self, session_id: str) -> FulfillmentRecord:
         record = await self.store.get(session_id)

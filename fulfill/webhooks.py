@@ -52,6 +52,8 @@ HANDLED = (*FULFILL, PAYMENT_FAILED, EXPIRED)
 # alone for FULFILL_INLINE_BUDGET + 30 s (its handler may still be at work),
 # and the customer's order with it. Together they fit inside that grace.
 RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
+# How many recorded event IDs each process remembers (about 100 bytes each).
+RECORDED_IDS = 50_000
 
 
 class WebhookError(FulfillError):
@@ -205,6 +207,11 @@ class WebhookEndpoint:
         self.livemode = livemode
         self.tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        # Event IDs this process saw recorded in the inbox, oldest first. Stripe
+        # redelivers, and storms of duplicates are answered from here, after
+        # the signature check, without a database round trip: an inbox row is
+        # never removed, so "recorded once" stays true.
+        self._recorded: dict[str, None] = {}
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -244,6 +251,9 @@ class WebhookEndpoint:
             )
             count(event.type, "refused").inc()
             return _error(400, "livemode_mismatch", "The event's mode does not match the API key")
+        if event.id in self._recorded:
+            count(event.type, "duplicate").inc()
+            return JSONResponse({"received": True, "duplicate": True})
         handled = event.type in HANDLED
         try:
             new = await self.store.record_event(
@@ -258,6 +268,7 @@ class WebhookEndpoint:
             log.exception("could not record event %s; answering 503 so Stripe redelivers", event.id)
             count(event.type, "unavailable").inc()
             return _error(503, "unavailable", "The event could not be recorded; retry later")
+        self._remember(event.id)
         if not new:
             count(event.type, "duplicate").inc()
             return JSONResponse({"received": True, "duplicate": True})
@@ -271,6 +282,11 @@ class WebhookEndpoint:
             with contextlib.suppress(TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(task), self.inline_budget)
         return JSONResponse({"received": True})
+
+    def _remember(self, event_id: str) -> None:
+        self._recorded[event_id] = None
+        if len(self._recorded) > RECORDED_IDS:
+            del self._recorded[next(iter(self._recorded))]
 
     async def _process(self, event: Event) -> None:
         for pause in (*RETRY_PAUSES, None):

@@ -307,3 +307,53 @@ def test_an_instance_stalled_past_its_lease_between_items_stops_before_the_next(
     ]
     assert [i["status"] for i in record["items"]] == ["done", "pending"]
     assert record["status"] == "fulfilling"
+
+
+def test_visits_of_a_fulfilled_order_are_answered_from_memory(
+    emulator_server: EmulatorServer, receiver: Receiver, database_url: str, tmp_path: Path
+) -> None:
+    """Fulfilled is final: a customer refreshing the page costs no database read."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(hook_catalog(receiver.url))
+    settings = load_settings(
+        env_file=None,
+        STRIPE_SECRET_KEY=TEST_KEY,
+        STRIPE_API_BASE=emulator_server.url,
+        FULFILL_DATABASE_URL=database_url,
+        FULFILL_CATALOG=str(catalog),
+        FULFILL_MAIL="false",
+    )
+    session = emulator_server.session([(emulator_server.price(product_metadata=HOOK_METADATA), 1)])
+    emulator_server.complete(session.id, "paid")
+
+    async def scenario() -> tuple[int, list[str]]:
+        service = await Service.start(settings)
+        try:
+            engine = service.engine
+            first = await engine.fulfill_checkout(session.id, trigger="webhook:evt_1", wait=10)
+            assert first.status == "fulfilled"
+            reads = 0
+            read = service.store.get
+
+            async def counted(session_id: str) -> Any:
+                nonlocal reads
+                reads += 1
+                return await read(session_id)
+
+            service.store.get = counted  # type: ignore[method-assign]
+            for _ in range(20):
+                record = await engine.fulfill_checkout(session.id, trigger="landing")
+                assert record.status == "fulfilled"
+            return reads, list(record.triggers)
+        finally:
+            await service.close()
+
+    reads, triggers = asyncio.run(scenario())
+    # The first visit reads the record and notes the landing trigger; the rest: nothing.
+    assert reads <= 1
+    assert triggers == ["webhook:evt_1", "landing"]
+    assert retrieves_of(emulator_server, session.id) == 1
+
+
+def retrieves_of(shop: EmulatorServer, session_id: str) -> int:
+    return shop.requests_to(f"/v1/checkout/sessions/{session_id}")

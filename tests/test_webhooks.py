@@ -205,3 +205,41 @@ def test_rolled_secrets_both_sign(service_factory: ServiceFactory) -> None:
         ).encode()
         answer = service.send(payload, signature(payload, secret, int(time.time())))
         assert answer.status_code == 200
+
+
+def test_duplicates_are_answered_from_memory_once_the_event_is_recorded() -> None:
+    """Redelivery storms cost no database round trip after the first recording."""
+    import asyncio
+
+    from fulfill.metrics import Metrics
+    from fulfill.webhooks import WebhookEndpoint
+
+    class Inbox:
+        calls = 0
+
+        async def record_event(self, *args: Any) -> bool:
+            self.calls += 1
+            return self.calls == 1
+
+    class Engine:
+        metrics = Metrics()
+
+    inbox = Inbox()
+    endpoint = WebhookEndpoint(
+        Engine(),  # type: ignore[arg-type]
+        inbox,  # type: ignore[arg-type]
+        [WEBHOOK_SECRET],
+        tolerance=300,
+        inline_budget=0,
+        livemode=False,
+    )
+    # A type the service records and ignores: nothing is processed.
+    parsed = parse_event(event("cs_test_memory1", "payment_intent.created"))
+
+    async def deliver(times: int) -> list[dict[str, Any]]:
+        return [json.loads(bytes((await endpoint._accept(parsed)).body)) for _ in range(times)]
+
+    answers = asyncio.run(deliver(10))
+    assert answers[0] == {"received": True}
+    assert answers[1:] == [{"received": True, "duplicate": True}] * 9
+    assert inbox.calls == 1
