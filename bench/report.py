@@ -430,10 +430,19 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.report [--markdown] [FILE]``: a saved run, again."""
-    args = sys.argv[1:] if argv is None else argv
-    as_markdown = "--markdown" in args
-    files = [a for a in args if a != "--markdown"]
-    results = json.loads(Path(files[0] if files else "var/bench.json").read_text())
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report", description="Print a saved benchmark run again."
+    )
+    parser.add_argument("file", nargs="?", default="var/bench.json", help="the run's JSON")
+    parser.add_argument("--markdown", action="store_true", help="as ratios, in Markdown")
+    options = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    path = Path(options.file)
+    if not path.is_file():
+        parser.error(f"{path} does not exist: run `make bench` first, or name a saved run")
+    results = json.loads(path.read_text())
+    as_markdown = options.markdown
     if as_markdown:
         print(markdown(results), end="")
     else:
