@@ -14,6 +14,7 @@ typed and the subject are reduced to one line of text (``clean_text``), and
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.header import Header
@@ -148,7 +149,9 @@ class Composer:
         sessions a second (docs/benchmark.md)."""
         to = self.recipient(record)
         subject, text, html = self.render(kind, record)
-        message = MIMEMultipart("alternative")
+        # A boundary given, not made: the generator would otherwise scan both
+        # bodies for a collision. "=_" cannot occur in base64 (the parts' encoding).
+        message = MIMEMultipart("alternative", boundary=f"=_{secrets.token_hex(16)}")
         message["Subject"] = _header(subject)
         message["From"] = _address(self.shop.sender)
         message["To"] = _address(to)
