@@ -119,8 +119,11 @@ class Composer:
             raise AddressError("the session has no customer email")
         try:
             return parse_address(email.strip(), display_name=(record.customer or {}).get("name"))
-        except ValueError as exc:
-            raise AddressError(f"the customer email is not usable: {exc}") from None
+        except ValueError:
+            # Not the address itself: this message goes to logs and the record.
+            raise AddressError(
+                "the customer email is not usable: it is not an address like name@example.com"
+            ) from None
 
     def render(self, kind: str, record: FulfillmentRecord) -> tuple[str, str, str]:
         """(subject, text, html) of ``kind`` for ``record``."""
