@@ -494,6 +494,10 @@ class Engine:
         """
         if self.monotonic() - self._confirmed.get(session_id, 0.0) < self.options.lease_seconds / 2:
             return True
+        return await self._renew(session_id)
+
+    async def _renew(self, session_id: str) -> bool:
+        """Extend our lease; when it was, note it confirmed as of before the write."""
         asked = self.monotonic()
         renewed = await self.store.renew(
             session_id, self.owner, self.options.lease_seconds, self.clock()
@@ -506,13 +510,8 @@ class Engine:
         """Keep the lease while actions run; a slow action must not look like a dead worker."""
         while True:
             await asyncio.sleep(self.options.lease_seconds / 3)
-            asked = self.monotonic()
-            renewed = await self.store.renew(
-                session_id, self.owner, self.options.lease_seconds, self.clock()
-            )
-            if not renewed:
+            if not await self._renew(session_id):
                 return
-            self._confirmed[session_id] = asked
 
     # -- the background worker's step ----------------------------------------------------
 

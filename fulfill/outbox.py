@@ -8,16 +8,16 @@ settings (``create_app(..., show_outbox=True)`` is the demo's alone).
 from __future__ import annotations
 
 import asyncio
-import email
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.policy import default
+from html import escape
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from fulfill.mail.compose import parse_email
 from fulfill.pages import PRIVATE_HEADERS, TEMPLATES, render_problem
 
 NAME = re.compile(r"^cs_(?:test|live)_[A-Za-z0-9]{1,200}\.[a-z_]{1,32}\.eml$")
@@ -37,9 +37,7 @@ class Letter:
 
 
 def _read(path: Path) -> EmailMessage:
-    parsed = email.message_from_bytes(path.read_bytes(), policy=default)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
+    return parse_email(path.read_bytes())
 
 
 def letters(folder: Path) -> list[Letter]:
@@ -72,17 +70,11 @@ class OutboxViewer:
             return render_problem(
                 request, 404, "not_found", "No such email", "The outbox has no email by that name."
             )
-        message = await asyncio.to_thread(_read, path)
+        data = await asyncio.to_thread(path.read_bytes)
         if request.query_params.get("raw") == "1":
-            return Response(
-                path.read_bytes(),
-                media_type="text/plain; charset=utf-8",
-                headers=PRIVATE_HEADERS,
-            )
-        body = message.get_body(preferencelist=("html", "plain"))
+            return Response(data, media_type="text/plain; charset=utf-8", headers=PRIVATE_HEADERS)
+        body = parse_email(data).get_body(preferencelist=("html", "plain"))
         content = str(body.get_content()) if body is not None else ""
         if body is not None and body.get_content_type() == "text/plain":
-            from html import escape
-
             content = f"<pre>{escape(content)}</pre>"
         return HTMLResponse(content, headers={**PRIVATE_HEADERS, **SANDBOX})

@@ -18,13 +18,14 @@ from fulfill.config import Settings
 from fulfill.engine import Engine, EngineOptions, utcnow
 from fulfill.errors import ConfigError
 from fulfill.mail.addresses import parse_address
-from fulfill.mail.compose import FULFILLED, PAYMENT_FAILED, RECEIVED, Composer, Shop
+from fulfill.mail.compose import Composer, Shop
 from fulfill.mail.mailer import Mailer
 from fulfill.mail.transport import OutboxTransport, SmtpTarget, SmtpTransport, Transport
 from fulfill.metrics import Metrics
 from fulfill.reconcile import Reconciler
 from fulfill.store import Store
 from fulfill.store.database import migrate as migrate_database
+from fulfill.store.emails import FULFILLED_EMAIL, PAYMENT_FAILED_EMAIL, RECEIVED_EMAIL
 from fulfill.store.runs import Runs
 from fulfill.stripe_api import StripeApi
 
@@ -131,7 +132,9 @@ def build_mailer(
     """The customer emails, or None when FULFILL_MAIL is off."""
     if not settings.mail_enabled:
         return None
-    kinds = {FULFILLED, PAYMENT_FAILED} | ({RECEIVED} if settings.mail_received else set())
+    kinds = {FULFILLED_EMAIL, PAYMENT_FAILED_EMAIL}
+    if settings.mail_received:
+        kinds.add(RECEIVED_EMAIL)
     return Mailer(
         store=store,
         composer=mail_composer(settings),

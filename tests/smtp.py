@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email
 import ssl
 import threading
 import time
@@ -10,12 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.policy import default
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from fulfill.mail.compose import parse_email
 from tests.servers import free_port
 
 
@@ -27,9 +26,7 @@ class Received:
 
     @property
     def message(self) -> EmailMessage:
-        parsed = email.message_from_bytes(self.data, policy=default)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
+        return parse_email(self.data)
 
 
 @dataclass

@@ -31,10 +31,6 @@ from fulfill.pages import TEMPLATES
 from fulfill.records import FulfillmentRecord
 from fulfill.store.emails import FULFILLED_EMAIL, KINDS, PAYMENT_FAILED_EMAIL, RECEIVED_EMAIL
 
-FULFILLED = FULFILLED_EMAIL
-PAYMENT_FAILED = PAYMENT_FAILED_EMAIL
-RECEIVED = RECEIVED_EMAIL
-
 
 def message_id_for(session_id: str, kind: str, domain: str) -> str:
     """The email's ``Message-ID``: fixed per session and kind, so a re-send carries the same.
@@ -66,9 +62,9 @@ class Shop:
 
 
 SUBJECTS = {
-    FULFILLED: "Your order from {shop} is ready",
-    PAYMENT_FAILED: "Your payment to {shop} did not go through",
-    RECEIVED: "We received your order at {shop}: payment processing",
+    FULFILLED_EMAIL: "Your order from {shop} is ready",
+    PAYMENT_FAILED_EMAIL: "Your payment to {shop} did not go through",
+    RECEIVED_EMAIL: "We received your order at {shop}: payment processing",
 }
 
 
@@ -83,9 +79,14 @@ class Composed:
     @property
     def message(self) -> EmailMessage:
         """The email parsed back (previews, tests); sending uses ``data`` as is."""
-        parsed = message_from_bytes(self.data, policy=default)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
+        return parse_email(self.data)
+
+
+def parse_email(data: bytes) -> EmailMessage:
+    """An email's bytes (as sent, or an outbox file) as a modern ``EmailMessage``."""
+    parsed = message_from_bytes(data, policy=default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
 
 
 def _header(value: str) -> str:

@@ -21,18 +21,12 @@ from datetime import datetime, timedelta
 
 from fulfill import logs
 from fulfill.mail.addresses import AddressError
-from fulfill.mail.compose import (
-    FULFILLED,
-    PAYMENT_FAILED,
-    RECEIVED,
-    Composer,
-    message_id_for,
-)
+from fulfill.mail.compose import Composer, message_id_for
 from fulfill.mail.transport import PermanentFailure, Transport
 from fulfill.metrics import Metrics
 from fulfill.records import FulfillmentRecord, backoff_seconds
 from fulfill.store import Store
-from fulfill.store.emails import QueuedEmail
+from fulfill.store.emails import FULFILLED_EMAIL, PAYMENT_FAILED_EMAIL, QueuedEmail
 from fulfill.stripe_api import StripeApi
 
 log = logging.getLogger("fulfill.mail")
@@ -47,7 +41,7 @@ class Mailer:
         transport: Transport,
         owner: str,
         clock: Callable[[], datetime],
-        kinds: frozenset[str] = frozenset({FULFILLED, PAYMENT_FAILED}),
+        kinds: frozenset[str] = frozenset({FULFILLED_EMAIL, PAYMENT_FAILED_EMAIL}),
         stripe: StripeApi | None = None,
         lease_seconds: float = 120.0,
         max_attempts: int = 10,
@@ -161,7 +155,7 @@ class Mailer:
 
     async def _with_customer(self, record: FulfillmentRecord, kind: str) -> FulfillmentRecord:
         """A record made by a bare ``payment_failed`` event has no customer: ask Stripe once."""
-        if (record.customer or {}).get("email") or self.stripe is None or kind == FULFILLED:
+        if (record.customer or {}).get("email") or self.stripe is None or kind == FULFILLED_EMAIL:
             return record
         snapshot = await self.stripe.session(record.session_id)
         record.customer = dict(snapshot.customer)
@@ -188,4 +182,4 @@ class Mailer:
         self.metrics.emails.labels(kind, "failed").inc()
 
 
-__all__ = ["FULFILLED", "PAYMENT_FAILED", "RECEIVED", "Mailer"]
+__all__ = ["Mailer"]

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fulfill.records import iso
 from fulfill.store import database
 from fulfill.store.schema import emails
 
@@ -27,7 +28,6 @@ SENDING = "sending"
 SENT = "sent"
 FAILED = "failed"
 SKIPPED = "skipped"
-STATUSES = (PENDING, SENDING, SENT, FAILED, SKIPPED)
 
 # The kinds of email: the order is ready; its payment failed; it was received
 # and its (delayed) payment is processing.
@@ -63,8 +63,6 @@ class EmailRecord:
     sent_at: datetime | None
 
     def as_json(self) -> dict[str, Any]:
-        from fulfill.records import iso
-
         return {
             "kind": self.kind,
             "status": self.status,
@@ -256,12 +254,3 @@ class Emails:
             return int(result.rowcount)
 
         return await database.write(self.engine, work)
-
-    async def count_by_status(self) -> dict[str, int]:
-        from sqlalchemy import func
-
-        async with database.read(self.engine) as connection:
-            rows = await connection.execute(
-                select(emails.c.status, func.count()).group_by(emails.c.status)
-            )
-            return {str(status): int(count) for status, count in rows}
