@@ -22,6 +22,8 @@ def env_for(tmp_path: Path, shop: EmulatorServer, receiver: Receiver) -> dict[st
         "STRIPE_API_BASE": shop.url,
         "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
         "FULFILL_CATALOG": str(catalog),
+        # Commands that fulfill also email: never into the checkout's var/outbox.
+        "FULFILL_MAIL_OUTBOX": str(tmp_path / "outbox"),
     }
 
 

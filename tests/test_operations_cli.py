@@ -35,6 +35,7 @@ def env_of(service: ServiceServer, **extra: str) -> dict[str, str]:
         "STRIPE_API_BASE": settings.stripe_api_base,
         "FULFILL_DATABASE_URL": settings.database_url,
         "FULFILL_CATALOG": str(settings.catalog_path),
+        "FULFILL_MAIL_OUTBOX": str(settings.mail_outbox),
         **extra,
     }
 
