@@ -46,6 +46,7 @@ from fulfill.records import (
     SessionSnapshot,
 )
 from fulfill.store import database
+from fulfill.store.dbtime import DbTime
 from fulfill.store.deliverables import Deliverables
 from fulfill.store.emails import Emails, QueuedEmail, enqueue
 from fulfill.store.schema import (
@@ -240,6 +241,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # The clock leases are written with and judged by (the database's on PostgreSQL).
+        self.time = DbTime(engine.dialect.name)
         self._insert = sqlite_insert if database.is_sqlite(engine) else pg_insert
         self._one_record = database.Query(_ONE_RECORD, engine)
         self._event_recorded = database.Query(_EVENT_RECORDED, engine)
