@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import stamina
+
 from fulfill import logs
 from fulfill.actions import Action, ActionError, ItemContext, PermanentActionError
 from fulfill.catalog import Catalog, CatalogEntry
@@ -311,11 +313,13 @@ class Engine:
                 f"{'live' if self.livemode else 'test'} mode key."
             )
 
+    # Both judged by the database's clock when the record was read (``DbTime``):
+    # an instance whose host clock runs ahead must not take live leases over.
     def _retry_due(self, record: FulfillmentRecord) -> bool:
-        return record.next_attempt_at is not None and record.next_attempt_at <= self.clock()
+        return record.retry_due
 
     def _lease_expired(self, record: FulfillmentRecord) -> bool:
-        return record.lease_expires_at is None or record.lease_expires_at < self.clock()
+        return not record.lease_live
 
     async def _note_trigger(self, record: FulfillmentRecord, trigger: str) -> None:
         # A trigger is recorded once: a customer refreshing the landing page
@@ -428,10 +432,12 @@ class Engine:
             if n == len(pending) - 1:
                 # The last item and the session's end: one transaction.
                 recorded, finished = await self.store.finish_with_item(
-                    *done, action=entry.action, email=email
+                    *done, lease=self.options.lease_seconds, action=entry.action, email=email
                 )
             else:
-                recorded = await self.store.item_done(*done, action=entry.action)
+                recorded = await self.store.item_done(
+                    *done, lease=self.options.lease_seconds, action=entry.action
+                )
             if not recorded:
                 # Our lease was taken over: the new owner carries on; stop here.
                 log.warning("lost the lease on %s…; another worker continues", session_id[:16])
@@ -469,19 +475,31 @@ class Engine:
         )
 
     async def _failed(self, session_id: str, exc: Exception) -> None:
-        record = await self._get(session_id)
-        now = self.clock()
-        next_at: datetime | None = None
-        if record.attempts < self.options.max_attempts and not isinstance(
-            exc, PermanentActionError
-        ):
-            delay = backoff_seconds(record.attempts, base=self.options.retry_base_seconds)
-            next_at = now + timedelta(seconds=delay)
         message = _describe(exc)
-        log.warning(
-            "fulfillment of %s… failed (attempt %d): %s", session_id[:16], record.attempts, message
-        )
-        await self.store.fail(session_id, self.owner, message, next_at, now)
+        try:
+            record = await self._get(session_id)
+            retry_in: float | None = None
+            if record.attempts < self.options.max_attempts and not isinstance(
+                exc, PermanentActionError
+            ):
+                retry_in = backoff_seconds(record.attempts, base=self.options.retry_base_seconds)
+            log.warning(
+                "fulfillment of %s… failed (attempt %d): %s",
+                session_id[:16],
+                record.attempts,
+                message,
+            )
+            await self.store.fail(session_id, self.owner, message, retry_in, self.clock())
+        except Exception as error:
+            # The database itself failed (it may be why the attempt did): the
+            # lease runs out and the worker takes the session up again.
+            log.warning(
+                "could not record the failure of %s… (%s); the worker retries it when the "
+                "lease expires: %s",
+                session_id[:16],
+                message,
+                _describe(error),
+            )
         self.metrics.fulfillments.labels("failed").inc()
 
     async def _still_ours(self, session_id: str) -> bool:
@@ -499,27 +517,57 @@ class Engine:
     async def _renew(self, session_id: str) -> bool:
         """Extend our lease; when it was, note it confirmed as of before the write."""
         asked = self.monotonic()
-        renewed = await self.store.renew(
-            session_id, self.owner, self.options.lease_seconds, self.clock()
-        )
+        renewed = await self.store.renew(session_id, self.owner, self.options.lease_seconds)
         if renewed:
             self._confirmed[session_id] = asked
         return renewed
 
     async def _heartbeat(self, session_id: str) -> None:
-        """Keep the lease while actions run; a slow action must not look like a dead worker."""
+        """Keep the lease while actions run; a slow action must not look like a dead worker.
+
+        Renews every third of a lease. A renewal that fails (a dropped
+        connection, a lock timeout, a failover) is tried again at once, with
+        a short jittered backoff, until the next beat is due: one database
+        error must not end the heartbeat, or the lease runs out under a slow
+        action and another instance performs the same item again. Only the
+        database saying the lease is another's ends it. If every renewal
+        fails for longer than the lease, the next item is not begun without
+        a renewal (``_still_ours``); what was in flight may then be performed
+        again by whoever takes over, with the same Idempotency-Key.
+        """
+        beat = self.options.lease_seconds / 3
         while True:
-            await asyncio.sleep(self.options.lease_seconds / 3)
-            if not await self._renew(session_id):
+            await asyncio.sleep(beat)
+            try:
+                async for attempt in stamina.retry_context(
+                    on=Exception,
+                    attempts=None,
+                    timeout=beat,
+                    wait_initial=min(0.05, beat / 10),
+                    wait_max=max(beat / 4, 0.05),
+                ):
+                    with attempt:
+                        if attempt.num > 1:
+                            self.metrics.lease_renewal_errors.inc()
+                        renewed = await self._renew(session_id)
+            except Exception as exc:
+                self.metrics.lease_renewal_errors.inc()
+                log.warning(
+                    "could not renew the lease on %s… for %.1f s (still trying): %s",
+                    session_id[:16],
+                    beat,
+                    _describe(exc),
+                )
+                continue
+            if not renewed:
                 return
 
     # -- the background worker's step ----------------------------------------------------
 
     async def run_due(self, limit: int = 50) -> int:
         """Retry due failures and resume dead workers' sessions; how many were taken up."""
-        now = self.clock()
-        stale = now - timedelta(seconds=max(30.0, self.options.lease_seconds))
-        due = await self.store.take_due(now, stale, window=self.options.lease_seconds, limit=limit)
+        stale = self.clock() - timedelta(seconds=max(30.0, self.options.lease_seconds))
+        due = await self.store.take_due(stale, window=self.options.lease_seconds, limit=limit)
         self.metrics.retries.inc(len(due))
         for session_id in due:
             try:

@@ -61,6 +61,11 @@ class Metrics:
             "Fulfillments resumed after their worker's lease expired",
             registry=r,
         )
+        self.lease_renewal_errors = Counter(
+            "fulfill_lease_renewal_errors",
+            "Renewals of a fulfillment's lease that failed with an error (each tried again)",
+            registry=r,
+        )
         self.reconcile_sessions = Counter(
             "fulfill_reconcile_sessions",
             "Sessions seen by reconcile sweeps, by what was done "

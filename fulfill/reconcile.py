@@ -224,7 +224,7 @@ class Schedule:
 
     async def step(self) -> Summary | None:
         """Sweep if this instance takes the schedule's lock now."""
-        if not await self.runs.acquire("reconcile", self.owner, self.interval, utcnow()):
+        if not await self.runs.acquire("reconcile", self.owner, self.interval):
             return None
         summary = await self.reconciler.sweep(self.since)
         log.info(

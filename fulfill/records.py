@@ -189,6 +189,9 @@ class FulfillmentRecord:
     fulfilled_at: datetime | None = None
     next_attempt_at: datetime | None = None
     lease_expires_at: datetime | None = None
+    # Judged by the database's clock when the record was read (``DbTime``).
+    lease_live: bool = False
+    retry_due: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
     triggers: list[str] = field(default_factory=list)
     items: list[ItemRecord] = field(default_factory=list)

@@ -158,9 +158,13 @@ async def test_an_items_action_is_written_with_its_outcome(store: Store) -> None
     await store.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
     assert await store.claim(SESSION_ID, "me", 60, now)
     await store.item_failed(SESSION_ID, "li_0", "receiver down", action="webhook")
-    assert await store.item_done(SESSION_ID, "li_1", "me", {"links": []}, now, action="download")
-    assert await store.item_done(SESSION_ID, "li_0", "me", {"message": "ok"}, now)
-    assert not await store.item_done(SESSION_ID, "li_2", "someone else", {}, now, action="x")
+    assert await store.item_done(
+        SESSION_ID, "li_1", "me", {"links": []}, now, lease=60, action="download"
+    )
+    assert await store.item_done(SESSION_ID, "li_0", "me", {"message": "ok"}, now, lease=60)
+    assert not await store.item_done(
+        SESSION_ID, "li_2", "someone else", {}, now, lease=60, action="x"
+    )
     record = await store.get(SESSION_ID)
     assert record is not None
     items = {i.line_item_id: i for i in record.items}
@@ -174,7 +178,7 @@ async def test_an_items_action_is_written_with_its_outcome(store: Store) -> None
     )
     assert (items["li_2"].status, items["li_2"].action) == ("pending", None)
     assert not await store.finish(SESSION_ID, "me", now), "an item is not done yet"
-    assert await store.item_done(SESSION_ID, "li_2", "me", {}, now, action="license")
+    assert await store.item_done(SESSION_ID, "li_2", "me", {}, now, lease=60, action="license")
     assert await store.finish(SESSION_ID, "me", now)
     record = await store.get(SESSION_ID)
     assert record is not None
@@ -185,11 +189,17 @@ async def test_the_last_item_and_the_sessions_end_in_one_write(store: Store) -> 
     now = utcnow()
     await store.observe(snapshot(2), PENDING, MAY_REPLACE[PENDING], now)
     assert await store.claim(SESSION_ID, "me", 60, now)
-    assert await store.finish_with_item(SESSION_ID, "li_0", "me", {}, now) == (True, False), (
-        "an item is still pending: not fulfilled"
+    assert await store.finish_with_item(SESSION_ID, "li_0", "me", {}, now, lease=60) == (
+        True,
+        False,
+    ), "an item is still pending: not fulfilled"
+    assert await store.finish_with_item(SESSION_ID, "li_1", "other", {}, now, lease=60) == (
+        False,
+        False,
     )
-    assert await store.finish_with_item(SESSION_ID, "li_1", "other", {}, now) == (False, False)
-    assert await store.finish_with_item(SESSION_ID, "li_1", "me", {}, now, action="x") == (
+    assert await store.finish_with_item(
+        SESSION_ID, "li_1", "me", {}, now, lease=60, action="x"
+    ) == (
         True,
         True,
     )

@@ -180,6 +180,7 @@ class Instance:
     ) -> Instance:
         store = await GatedStore.open(database_url, migrate=False, pool_size=4)
         assert isinstance(store, GatedStore)
+        store.time.clock = clock  # SQLite: leases run on the machine's clock too
         stripe = StripeApi(TEST_KEY, api_base, max_network_retries=0)
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=merchant))
         loaded = load_catalog(catalog)
@@ -524,8 +525,8 @@ class Shop(RuleBasedStateMachine):
         """A worker claimed the session, did some items, maybe one more unrecorded, and died."""
         bought = self.pick(pick, [s for s in self.sessions if s.paid])
         store = self.instances[0].store
-        past = self.clock.now - timedelta(seconds=2 * LEASE)
-        if not self.run(store.claim(bought.session_id, "dead-worker", LEASE, past)):
+        # A lease that ended a lease ago, on the clock leases are judged by.
+        if not self.run(store.claim(bought.session_id, "dead-worker", -LEASE, self.clock.now)):
             return
         COVERAGE["dead worker"] += 1
         finished = self.done_items()
@@ -534,7 +535,12 @@ class Shop(RuleBasedStateMachine):
             key = f"{bought.session_id}:{line_item}"
             self.ledger.perform(key)
             recorded = store.item_done(
-                bought.session_id, line_item, "dead-worker", {"message": "ghost"}, self.clock.now
+                bought.session_id,
+                line_item,
+                "dead-worker",
+                {"message": "ghost"},
+                self.clock.now,
+                lease=LEASE,
             )
             if not self.run(recorded):
                 # While it worked, a live instance took its expired lease over:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from fulfill import logs
 from fulfill.mail.addresses import AddressError
@@ -104,7 +104,7 @@ class Mailer:
 
     async def send_due(self, *, session_id: str | None = None, limit: int = 50) -> int:
         """Send the due emails (of one session, or any); how many this call sent."""
-        due = await self.store.emails.due(self.clock(), session_id=session_id, limit=limit)
+        due = await self.store.emails.due(session_id=session_id, limit=limit)
         sent = 0
         for due_session, kind in due:
             if await self.send(due_session, kind):
@@ -165,19 +165,18 @@ class Mailer:
         self, attempts: int, session_id: str, kind: str, recipient: str, exc: Exception
     ) -> None:
         message = f"{type(exc).__name__}: {exc}"[:1000]
-        next_at: datetime | None = None
+        retry_in: float | None = None
         if not isinstance(exc, PermanentFailure) and attempts < self.max_attempts:
-            delay = backoff_seconds(attempts, base=self.retry_base_seconds)
-            next_at = self.clock() + timedelta(seconds=delay)
+            retry_in = backoff_seconds(attempts, base=self.retry_base_seconds)
         log.warning(
             "%s email failed (attempt %d%s): %s",
             kind,
             attempts,
-            "" if next_at else ", given up",
+            "" if retry_in is not None else ", given up",
             message,
         )
         await self.store.emails.failed(
-            session_id, kind, self.owner, message, next_at, self.clock(), recipient=recipient
+            session_id, kind, self.owner, message, retry_in, self.clock(), recipient=recipient
         )
         self.metrics.emails.labels(kind, "failed").inc()
 

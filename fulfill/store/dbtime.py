@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Float, bindparam, func, literal_column
+from sqlalchemy import DateTime, Float, bindparam, literal_column
 from sqlalchemy.sql.elements import ColumnElement
 
 
@@ -59,9 +59,9 @@ class DbTime:
         self.now: ColumnElement[datetime]
         if self.in_database:
             # timestamp without time zone, in UTC: what the columns hold.
-            self.now = func.timezone("UTC", func.clock_timestamp(), type_=DateTime())
+            self.now = literal_column("timezone('UTC', clock_timestamp())", DateTime())
         else:
-            self.now = bindparam("b_now", type_=DateTime())
+            self.now = bindparam("t_now", type_=DateTime())
 
     def plus(self, name: str) -> ColumnElement[datetime]:
         """``now`` plus the seconds bound as ``name`` (see ``params``)."""
@@ -75,7 +75,7 @@ class DbTime:
         if self.in_database:
             return dict(seconds)
         now = self.clock()
-        values: dict[str, Any] = {"b_now": now}
+        values: dict[str, Any] = {"t_now": now}
         for name, delta in seconds.items():
             values[f"{name}_at"] = now + timedelta(seconds=delta)
         return values

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fulfill.records import iso
 from fulfill.store import database
+from fulfill.store.dbtime import DbTime
 from fulfill.store.schema import emails
 
 PENDING = "pending"
@@ -89,13 +90,14 @@ async def enqueue(
     session_id: str,
     email: QueuedEmail,
     now: datetime,
+    time: DbTime,
 ) -> None:
     """Queue ``email`` for the session inside the caller's transaction (once per kind)."""
-    claimed = (
+    claimed: dict[str, Any] = (
         {
             "status": SENDING,
             "lease_owner": email.owner,
-            "lease_expires_at": now + timedelta(seconds=email.lease_seconds),
+            "lease_expires_at": time.plus("b_lease"),
             "attempts": 1,
         }
         if email.owner is not None
@@ -111,11 +113,13 @@ async def enqueue(
             updated_at=now,
             **claimed,
         )
-        .on_conflict_do_nothing(index_elements=["session_id", "kind"])
+        .on_conflict_do_nothing(index_elements=["session_id", "kind"]),
+        time.params(b_lease=email.lease_seconds),
     )
 
 
-def _due(now: datetime) -> Any:
+def _due(now: Any) -> Any:
+    """Due to be sent: ``now`` is ``DbTime.now``, the clock leases are judged by."""
     return or_(
         emails.c.status == PENDING,
         and_(emails.c.status == FAILED, emails.c.next_attempt_at <= now),
@@ -126,8 +130,9 @@ def _due(now: datetime) -> Any:
 class Emails:
     """Every read and write of the ``emails`` table."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, time: DbTime) -> None:
         self.engine = engine
+        self.time = time
 
     async def for_session(self, session_id: str) -> list[EmailRecord]:
         async with database.read(self.engine) as connection:
@@ -138,33 +143,39 @@ class Emails:
             )
             return [_record(row) for row in rows]
 
-    async def due(
-        self, now: datetime, *, session_id: str | None = None, limit: int = 50
-    ) -> list[tuple[str, str]]:
+    async def due(self, *, session_id: str | None = None, limit: int = 50) -> list[tuple[str, str]]:
         """(session, kind) of the emails to send now, oldest first."""
-        query = select(emails.c.session_id, emails.c.kind).where(_due(now))
+        query = select(emails.c.session_id, emails.c.kind).where(_due(self.time.now))
         if session_id is not None:
             query = query.where(emails.c.session_id == session_id)
         async with database.read(self.engine) as connection:
-            rows = await connection.execute(query.order_by(emails.c.updated_at).limit(limit))
+            rows = await connection.execute(
+                query.order_by(emails.c.updated_at).limit(limit), self.time.params()
+            )
             return [(str(r[0]), str(r[1])) for r in rows]
 
     async def claim(
         self, session_id: str, kind: str, owner: str, lease: float, now: datetime
     ) -> EmailRecord | None:
-        """Take the email for sending if it is due; the row as claimed, or None (not ours)."""
+        """Take the email for sending if it is due; the row as claimed, or None (not ours).
+
+        The lease runs ``lease`` seconds on the database's clock (``DbTime``).
+        """
 
         async def work(connection: AsyncConnection) -> EmailRecord | None:
             claimed = await connection.execute(
                 update(emails)
-                .where(emails.c.session_id == session_id, emails.c.kind == kind, _due(now))
+                .where(
+                    emails.c.session_id == session_id, emails.c.kind == kind, _due(self.time.now)
+                )
                 .values(
                     status=SENDING,
                     lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=lease),
+                    lease_expires_at=self.time.plus("b_lease"),
                     attempts=emails.c.attempts + 1,
                     updated_at=now,
-                )
+                ),
+                self.time.params(b_lease=lease),
             )
             if not claimed.rowcount:
                 return None
@@ -180,7 +191,13 @@ class Emails:
         return await database.write(self.engine, work)
 
     async def _settle(
-        self, session_id: str, kind: str, owner: str, now: datetime, **values: Any
+        self,
+        session_id: str,
+        kind: str,
+        owner: str,
+        now: datetime,
+        params: dict[str, Any] | None = None,
+        **values: Any,
     ) -> bool:
         async def work(connection: AsyncConnection) -> bool:
             result = await connection.execute(
@@ -191,7 +208,8 @@ class Emails:
                     emails.c.status == SENDING,
                     emails.c.lease_owner == owner,
                 )
-                .values(lease_owner=None, lease_expires_at=None, updated_at=now, **values)
+                .values(lease_owner=None, lease_expires_at=None, updated_at=now, **values),
+                params or {},
             )
             return bool(result.rowcount)
 
@@ -218,12 +236,13 @@ class Emails:
         kind: str,
         owner: str,
         error: str,
-        next_attempt_at: datetime | None,
+        retry_in: float | None,
         now: datetime,
         *,
         recipient: str | None = None,
     ) -> bool:
-        """``failed``; ``next_attempt_at`` None: given up, until an operator retries."""
+        """``failed``, due again ``retry_in`` seconds from now on the database's clock;
+        None: given up, until an operator retries."""
         return await self._settle(
             session_id,
             kind,
@@ -231,8 +250,9 @@ class Emails:
             now,
             status=FAILED,
             last_error=error[:1000],
-            next_attempt_at=next_attempt_at,
+            next_attempt_at=None if retry_in is None else self.time.plus("b_retry"),
             recipient=recipient,
+            params=self.time.params(b_retry=retry_in or 0.0),
         )
 
     async def skipped(

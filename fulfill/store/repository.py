@@ -10,7 +10,7 @@ statement's row count, never by a read followed by a write.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -18,13 +18,16 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
+    case,
     cast,
+    false,
     func,
     insert,
     literal_column,
     null,
     or_,
     select,
+    true,
     union_all,
     update,
 )
@@ -82,14 +85,23 @@ _ITEM_FIELDS = (
     "result",
     "error",
 )
-_RECORD_FIELDS = tuple(column.name for column in fulfillments.c)
+_RECORD_FIELDS = (*(column.name for column in fulfillments.c), "lease_live", "retry_due")
 _PART_RECORD, _PART_ITEM, _PART_TRIGGER = 0, 1, 2
 
 
-def _one_record_query() -> CompoundSelect[Any]:
+def _one_record_query(time: DbTime) -> CompoundSelect[Any]:
     session_id: BindParameter[str] = bindparam("session_id")
-    groups = (
-        [(f"r_{c.name}", c) for c in fulfillments.c],
+    # Whether the lease is live and a retry due, judged by the database's clock
+    # in the same read: the engine decides with these, never with its host's.
+    judged: list[tuple[str, Any]] = [
+        (f"r_{name}", case((condition, true()), else_=false()))
+        for name, condition in (
+            ("lease_live", fulfillments.c.lease_expires_at >= time.now),
+            ("retry_due", fulfillments.c.next_attempt_at <= time.now),
+        )
+    ]
+    groups: tuple[list[tuple[str, Any]], ...] = (
+        [(f"r_{c.name}", c) for c in fulfillments.c] + judged,
         [(f"i_{name}", fulfillment_items.c[name]) for name in _ITEM_FIELDS],
         [("t_trigger", fulfillment_triggers.c.trigger), ("t_id", fulfillment_triggers.c.id)],
     )
@@ -119,7 +131,6 @@ def _one_record_query() -> CompoundSelect[Any]:
     )
 
 
-_ONE_RECORD = _one_record_query()
 _EVENT_RECORDED = select(webhook_events.c.event_id).where(
     webhook_events.c.event_id == bindparam("event_id")
 )
@@ -137,37 +148,63 @@ def _param(name: str, column: Any = None) -> BindParameter[Any]:
 
 
 _ADD_TRIGGER = insert(fulfillment_triggers)
-_CLAIM = (
-    update(fulfillments)
-    .where(
-        fulfillments.c.session_id == _param("b_session_id"),
-        or_(
-            fulfillments.c.status.in_(CLAIMABLE),
-            and_(
-                fulfillments.c.status == FULFILLING,
-                fulfillments.c.lease_expires_at < _param("b_now", fulfillments.c.updated_at),
-            ),
-        ),
-    )
-    .values(
-        status=FULFILLING,
-        lease_owner=_param("b_owner"),
-        lease_expires_at=_param("b_until", fulfillments.c.lease_expires_at),
-        attempts=fulfillments.c.attempts + 1,
-        updated_at=_param("b_now", fulfillments.c.updated_at),
-    )
+_HELD_BY_OWNER = and_(
+    fulfillments.c.session_id == _param("b_session_id"),
+    fulfillments.c.status == FULFILLING,
+    fulfillments.c.lease_owner == _param("b_owner"),
 )
-# FOR UPDATE: on PostgreSQL a takeover must wait until an item being recorded
-# is recorded (SQLite already holds the write lock: BEGIN IMMEDIATE).
-_LEASE_HELD = (
-    select(fulfillments.c.session_id)
-    .where(
-        fulfillments.c.session_id == _param("b_session_id"),
-        fulfillments.c.status == FULFILLING,
-        fulfillments.c.lease_owner == _param("b_owner"),
-    )
-    .with_for_update()
-)
+
+
+class _LeaseStatements:
+    """The writes that take, keep and judge a lease, on ``DbTime``'s clock.
+
+    Built once per store: on PostgreSQL the clock is ``clock_timestamp()``
+    inside each statement, on SQLite a bound moment of the process's clock.
+    """
+
+    def __init__(self, time: DbTime) -> None:
+        lease_ends = time.plus("b_lease")
+        self.claim = (
+            update(fulfillments)
+            .where(
+                fulfillments.c.session_id == _param("b_session_id"),
+                or_(
+                    fulfillments.c.status.in_(CLAIMABLE),
+                    and_(
+                        fulfillments.c.status == FULFILLING,
+                        fulfillments.c.lease_expires_at < time.now,
+                    ),
+                ),
+            )
+            .values(
+                status=FULFILLING,
+                lease_owner=_param("b_owner"),
+                lease_expires_at=lease_ends,
+                attempts=fulfillments.c.attempts + 1,
+                updated_at=_param("b_now", fulfillments.c.updated_at),
+            )
+        )
+        # Extends the lease while the owner still holds it. Recording an item
+        # does this first, in the item's transaction: the row lock it takes
+        # makes a takeover wait until the item is recorded (SQLite holds the
+        # write lock already: BEGIN IMMEDIATE), and the write is then proof
+        # of a lease that runs a whole lease from now, not of one that might
+        # be about to end.
+        self.renew = update(fulfillments).where(_HELD_BY_OWNER).values(lease_expires_at=lease_ends)
+        # ``failed``, to be retried ``b_retry`` seconds from now, or (``fail_for_good``)
+        # only when an operator says so.
+        failed = update(fulfillments).where(_HELD_BY_OWNER)
+        settled = {
+            "status": FAILED,
+            "last_error": _param("b_error"),
+            "updated_at": _param("b_now", fulfillments.c.updated_at),
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        self.fail = failed.values(next_attempt_at=time.plus("b_retry"), **settled)
+        self.fail_for_good = failed.values(next_attempt_at=None, **settled)
+
+
 _ITEM = and_(
     fulfillment_items.c.session_id == _param("b_session_id"),
     fulfillment_items.c.line_item_id == _param("b_line_item_id"),
@@ -244,7 +281,8 @@ class Store:
         # The clock leases are written with and judged by (the database's on PostgreSQL).
         self.time = DbTime(engine.dialect.name)
         self._insert = sqlite_insert if database.is_sqlite(engine) else pg_insert
-        self._one_record = database.Query(_ONE_RECORD, engine)
+        self._leases = _LeaseStatements(self.time)
+        self._one_record = database.Query(_one_record_query(self.time), engine)
         self._event_recorded = database.Query(_EVENT_RECORDED, engine)
         # Inserts that a conflict turns into nothing, per dialect, built once.
         self._record_once = self._insert(fulfillments).on_conflict_do_nothing(
@@ -258,7 +296,7 @@ class Store:
         )
         # What the built-in actions deliver: their own queries, same database.
         self.deliverables = Deliverables(engine)
-        self.emails = Emails(engine)
+        self.emails = Emails(engine, self.time)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, pool_size: int = 10) -> Store:
@@ -292,7 +330,9 @@ class Store:
 
     async def get(self, session_id: str) -> FulfillmentRecord | None:
         """One record with its items and triggers, in one indexed read."""
-        rows = await self._one_record.rows(self.engine, {"session_id": session_id})
+        rows = await self._one_record.rows(
+            self.engine, {"session_id": session_id, **self.time.params()}
+        )
         record: dict[str, Any] | None = None
         items: list[dict[str, Any]] = []
         triggers: list[str] = []
@@ -377,9 +417,7 @@ class Store:
             )
             return str(value) if value is not None else None
 
-    async def take_due(
-        self, now: datetime, pending_before: datetime, window: float, limit: int = 50
-    ) -> list[str]:
+    async def take_due(self, pending_before: datetime, window: float, limit: int = 50) -> list[str]:
         """Sessions the background worker should take up now, each given to one instance.
 
         Due: failed ones whose next attempt has come, pending ones nobody
@@ -388,7 +426,12 @@ class Store:
         by a conditional write that pushes ``next_attempt_at`` ``window``
         seconds ahead, so that when every instance's worker looks at once,
         one of them takes it and the others don't spend an API call on it.
+        Leases and attempts are judged on the database's clock (``DbTime``);
+        ``pending_before`` is compared with ``updated_at``, which each host
+        writes with its own: a host's skew moves when an unclaimed record is
+        taken up, never whether a claim succeeds.
         """
+        now = self.time.now
         not_deferred = or_(
             fulfillments.c.next_attempt_at.is_(None), fulfillments.c.next_attempt_at <= now
         )
@@ -410,18 +453,21 @@ class Store:
                 select(fulfillments.c.session_id)
                 .where(due)
                 .order_by(fulfillments.c.updated_at)
-                .limit(limit)
+                .limit(limit),
+                self.time.params(),
             )
             candidates = [str(r[0]) for r in rows]
-        later = now + timedelta(seconds=window)
+        take = (
+            update(fulfillments)
+            .where(fulfillments.c.session_id == bindparam("b_session_id"), due)
+            .values(next_attempt_at=self.time.plus("b_window"))
+        )
         taken: list[str] = []
         for session_id in candidates:
 
             async def work(connection: AsyncConnection, session_id: str = session_id) -> bool:
                 result = await connection.execute(
-                    update(fulfillments)
-                    .where(fulfillments.c.session_id == session_id, due)
-                    .values(next_attempt_at=later)
+                    take, {"b_session_id": session_id, **self.time.params(b_window=window)}
                 )
                 return bool(result.rowcount)
 
@@ -507,7 +553,7 @@ class Store:
                 )
                 moved = bool(changed.rowcount)
             if moved and email is not None:
-                await enqueue(connection, self._insert, snapshot.session_id, email, now)
+                await enqueue(connection, self._insert, snapshot.session_id, email, now, self.time)
             if snapshot.items:
                 await connection.execute(
                     self._items_once,
@@ -554,7 +600,7 @@ class Store:
         async def work(connection: AsyncConnection) -> bool:
             moved = await _move(connection)
             if moved and email is not None:
-                await enqueue(connection, self._insert, session_id, email, now)
+                await enqueue(connection, self._insert, session_id, email, now, self.time)
             return moved
 
         async def _move(connection: AsyncConnection) -> bool:
@@ -594,27 +640,36 @@ class Store:
         ``done`` and will be skipped).
         """
 
-        async def work(connection: AsyncConnection) -> bool:
-            return await _claim(connection, session_id, owner, lease, now)
-
-        return await self._write(work)
-
-    async def renew(self, session_id: str, owner: str, lease: float, now: datetime) -> bool:
-        """Extend our lease; False means it was lost (taken over) and we must stop."""
+        params = {"b_session_id": session_id, "b_owner": owner, "b_now": now}
 
         async def work(connection: AsyncConnection) -> bool:
             result = await connection.execute(
-                update(fulfillments)
-                .where(
-                    fulfillments.c.session_id == session_id,
-                    fulfillments.c.status == FULFILLING,
-                    fulfillments.c.lease_owner == owner,
-                )
-                .values(lease_expires_at=now + timedelta(seconds=lease))
+                self._leases.claim, {**params, **self.time.params(b_lease=lease)}
             )
             return bool(result.rowcount)
 
         return await self._write(work)
+
+    async def renew(self, session_id: str, owner: str, lease: float) -> bool:
+        """Extend our lease to ``lease`` seconds from now (database time); False: it was lost.
+
+        Succeeds while we are still the owner, even if the lease ran out
+        meanwhile: nobody else claimed it, so nobody else performed anything.
+        """
+
+        async def work(connection: AsyncConnection) -> bool:
+            return await self._renew(connection, session_id, owner, lease)
+
+        return await self._write(work)
+
+    async def _renew(
+        self, connection: AsyncConnection, session_id: str, owner: str, lease: float
+    ) -> bool:
+        result = await connection.execute(
+            self._leases.renew,
+            {"b_session_id": session_id, "b_owner": owner, **self.time.params(b_lease=lease)},
+        )
+        return bool(result.rowcount)
 
     async def item_done(
         self,
@@ -624,13 +679,18 @@ class Store:
         result: dict[str, Any],
         now: datetime,
         *,
+        lease: float,
         action: str | None = None,
     ) -> bool:
-        """Mark an item ``done`` (by ``action``) while we hold the lease; False if we lost it."""
+        """Mark an item ``done`` (by ``action``) while we hold the lease; False if we lost it.
+
+        The lease is extended to ``lease`` seconds from now in the same
+        transaction: a True answer proves a whole lease ahead.
+        """
 
         async def work(connection: AsyncConnection) -> bool:
-            return await _item_done(
-                connection, session_id, line_item_id, owner, result, now, action
+            return await self._item_done(
+                connection, session_id, line_item_id, owner, result, now, action, lease
             )
 
         return await self._write(work)
@@ -643,6 +703,7 @@ class Store:
         result: dict[str, Any],
         now: datetime,
         *,
+        lease: float,
         action: str | None = None,
         email: QueuedEmail | None = None,
     ) -> tuple[bool, bool]:
@@ -653,8 +714,8 @@ class Store:
         """
 
         async def work(connection: AsyncConnection) -> tuple[bool, bool]:
-            if not await _item_done(
-                connection, session_id, line_item_id, owner, result, now, action
+            if not await self._item_done(
+                connection, session_id, line_item_id, owner, result, now, action, lease
             ):
                 return False, False
             return True, await self._finish(connection, session_id, owner, now, email)
@@ -697,7 +758,7 @@ class Store:
     ) -> bool:
         finished = await _finish(connection, session_id, owner, now)
         if finished and email is not None:
-            await enqueue(connection, self._insert, session_id, email, now)
+            await enqueue(connection, self._insert, session_id, email, now, self.time)
         return finished
 
     async def fail(
@@ -705,43 +766,48 @@ class Store:
         session_id: str,
         owner: str,
         error: str,
-        next_attempt_at: datetime | None,
+        retry_in: float | None,
         now: datetime,
     ) -> bool:
-        """``failed`` with the error and when to try again (None: an operator must)."""
+        """``failed`` with the error; tried again ``retry_in`` seconds from now (database
+        time), or with None only when an operator says so."""
+        params = {"b_session_id": session_id, "b_owner": owner, "b_error": error, "b_now": now}
 
         async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(
-                update(fulfillments)
-                .where(
-                    fulfillments.c.session_id == session_id,
-                    fulfillments.c.status == FULFILLING,
-                    fulfillments.c.lease_owner == owner,
+            if retry_in is None:
+                result = await connection.execute(self._leases.fail_for_good, params)
+            else:
+                result = await connection.execute(
+                    self._leases.fail, {**params, **self.time.params(b_retry=retry_in)}
                 )
-                .values(
-                    status=FAILED,
-                    last_error=error,
-                    next_attempt_at=next_attempt_at,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
             return bool(result.rowcount)
 
         return await self._write(work)
 
-    async def release(self, session_id: str, owner: str, now: datetime) -> None:
-        """Give a claim back untouched (the session turned out not payable after all)."""
-
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
-                update(fulfillments)
-                .where(fulfillments.c.session_id == session_id, fulfillments.c.lease_owner == owner)
-                .values(status=PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)
-            )
-
-        await self._write(work)
+    async def _item_done(
+        self,
+        connection: AsyncConnection,
+        session_id: str,
+        line_item_id: str,
+        owner: str,
+        result: dict[str, Any],
+        now: datetime,
+        action: str | None,
+        lease: float,
+    ) -> bool:
+        if not await self._renew(connection, session_id, owner, lease):
+            return False
+        updated = await connection.execute(
+            _ITEM_DONE,
+            {
+                "b_session_id": session_id,
+                "b_line_item_id": line_item_id,
+                "b_result": result,
+                "b_now": now,
+                "b_action": action,
+            },
+        )
+        return bool(updated.rowcount)
 
     # -- the webhook inbox --------------------------------------------------------------
 
@@ -823,46 +889,6 @@ class Store:
             return [dict(r._mapping) for r in rows]
 
 
-async def _claim(
-    connection: AsyncConnection, session_id: str, owner: str, lease: float, now: datetime
-) -> bool:
-    result = await connection.execute(
-        _CLAIM,
-        {
-            "b_session_id": session_id,
-            "b_owner": owner,
-            "b_now": now,
-            "b_until": now + timedelta(seconds=lease),
-        },
-    )
-    return bool(result.rowcount)
-
-
-async def _item_done(
-    connection: AsyncConnection,
-    session_id: str,
-    line_item_id: str,
-    owner: str,
-    result: dict[str, Any],
-    now: datetime,
-    action: str | None,
-) -> bool:
-    held = await connection.scalar(_LEASE_HELD, {"b_session_id": session_id, "b_owner": owner})
-    if held is None:
-        return False
-    updated = await connection.execute(
-        _ITEM_DONE,
-        {
-            "b_session_id": session_id,
-            "b_line_item_id": line_item_id,
-            "b_result": result,
-            "b_now": now,
-            "b_action": action,
-        },
-    )
-    return bool(updated.rowcount)
-
-
 async def _finish(connection: AsyncConnection, session_id: str, owner: str, now: datetime) -> bool:
     if await connection.scalar(_ITEMS_NOT_DONE, {"b_session_id": session_id}):
         return False
@@ -891,6 +917,8 @@ def _record(row: Any, items: Sequence[Any], triggers: list[str]) -> FulfillmentR
         fulfilled_at=row["fulfilled_at"],
         next_attempt_at=row["next_attempt_at"],
         lease_expires_at=row["lease_expires_at"],
+        lease_live=bool(row.get("lease_live")),
+        retry_due=bool(row.get("retry_due")),
         metadata=dict(row["session_metadata"] or {}),
         triggers=triggers,
         items=[

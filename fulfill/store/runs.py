@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -11,6 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fulfill.store.repository import Store
 from fulfill.store.schema import locks, reconcile_runs
+
+# A new lock's expiry: long past on any clock.
+NEVER_HELD = datetime(1970, 1, 1)
 
 
 @dataclass
@@ -90,23 +93,26 @@ class Runs:
 
         await self.store._write(work)
 
-    async def acquire(self, name: str, owner: str, lease: float, now: datetime) -> bool:
+    async def acquire(self, name: str, owner: str, lease: float) -> bool:
         """Take the named lock for ``lease`` seconds if it has expired (one winner).
 
         The holder does not renew it either: it is a schedule as much as a
-        lock, so whoever runs next runs one lease later.
+        lock, so whoever runs next runs one lease later. Judged and written
+        on the database's clock (``DbTime``), as every lease.
         """
+        time = self.store.time
 
         async def work(connection: AsyncConnection) -> bool:
             await connection.execute(
                 self.store._insert(locks)
-                .values(name=name, owner=None, expires_at=now)
+                .values(name=name, owner=None, expires_at=NEVER_HELD)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
             result = await connection.execute(
                 update(locks)
-                .where(locks.c.name == name, locks.c.expires_at < now)
-                .values(owner=owner, expires_at=now + timedelta(seconds=lease))
+                .where(locks.c.name == name, locks.c.expires_at < time.now)
+                .values(owner=owner, expires_at=time.plus("b_lease")),
+                time.params(b_lease=lease),
             )
             return bool(result.rowcount)
 
