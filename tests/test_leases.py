@@ -35,12 +35,10 @@ from tests.conftest import (
 )
 from tests.servers import Receiver
 
-pytestmark = pytest.mark.postgres
-
 TEN_MINUTES = timedelta(minutes=10)
 
 
-@pytest.fixture
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 def pg_url() -> Iterator[str]:
     with postgres_database() as url:
         yield url
@@ -120,12 +118,13 @@ async def test_a_host_clock_off_by_ten_minutes_takes_over_no_live_lease(
     receiver: Receiver,
     tmp_path: Path,
     skew: timedelta,
-    pg_url: str,
+    database_url: str,
 ) -> None:
+    """On PostgreSQL the database's clock judges; on SQLite the process's monotonic one."""
     # Each item takes longer than the lease: only renewals keep it.
     receiver.delay = 5.0
     session_id, keys = paid_session(emulator_server, items=2)
-    async with instances(pg_url, emulator_server, receiver, tmp_path, lease=3.0) as (a, b):
+    async with instances(database_url, emulator_server, receiver, tmp_path, lease=3.0) as (a, b):
         b.engine.clock = skewed(skew)
         first = asyncio.create_task(a.engine.fulfill_checkout(session_id, wait=60))
         await asyncio.sleep(0.5)  # a has claimed and is performing the first item
