@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     webhook_tolerance: int = Field(default=300, alias="FULFILL_WEBHOOK_TOLERANCE", ge=1)
     inline_budget: float = Field(default=5.0, alias="FULFILL_INLINE_BUDGET", ge=0)
     landing_wait: float = Field(default=8.0, alias="FULFILL_LANDING_WAIT", ge=0)
+    # Landing visits of a session waiting for its payment ask Stripe at most
+    # once per this many seconds, across visitors and instances.
+    payment_check: float = Field(default=30.0, alias="FULFILL_PAYMENT_CHECK_INTERVAL", ge=0)
     # Beyond SPEC §3: the knobs of the retry machinery, with production defaults.
     lease_seconds: float = Field(default=60.0, alias="FULFILL_LEASE_SECONDS", gt=0)
     max_attempts: int = Field(default=10, alias="FULFILL_MAX_ATTEMPTS", ge=1)

@@ -71,6 +71,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fulfill.engine")
 
+# The trigger of the customer's landing page (and of its polling).
+LANDING = "landing"
+
 # Fulfilled records each process keeps in memory for repeated page visits.
 KEPT_RECORDS = 10_000
 
@@ -99,6 +102,9 @@ class EngineOptions:
     retry_base_seconds: float = 10.0
     wait_seconds: float = 30.0  # how long a caller waits for another worker's outcome
     poll_seconds: float = 0.1
+    # Landing visits ask Stripe about a session waiting for its payment at
+    # most once per this many seconds, across all visitors and instances.
+    payment_check_seconds: float = 30.0
 
 
 class Engine:
@@ -219,6 +225,8 @@ class Engine:
                 return record, None
             if record.status == FULFILLING and not self._lease_expired(record):
                 return record, None
+            if trigger == LANDING and not await self._check_due(record):
+                return record, None
         elif admit is not None:
             await admit()
         snapshot = await self.stripe.session(session_id)
@@ -315,6 +323,22 @@ class Engine:
 
     # Both judged by the database's clock when the record was read (``DbTime``):
     # an instance whose host clock runs ahead must not take live leases over.
+    async def _check_due(self, record: FulfillmentRecord) -> bool:
+        """May a landing visit ask Stripe about this record now?
+
+        A bank debit can stay ``awaiting_payment`` for days while its page
+        polls: each visit asking Stripe would spend the account's rate limit
+        on tabs left open. Webhooks move the status at once (they are not
+        throttled); a visit asks at most once per ``payment_check_seconds``,
+        decided by a conditional write, so across all visitors and instances.
+        An expired session never becomes payable: it is never asked again.
+        """
+        if record.status == EXPIRED:
+            return False
+        if record.status not in (AWAITING_PAYMENT, PAYMENT_FAILED):
+            return True
+        return await self.store.take_check(record.session_id, self.options.payment_check_seconds)
+
     def _retry_due(self, record: FulfillmentRecord) -> bool:
         return record.retry_due
 

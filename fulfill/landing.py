@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from fulfill.engine import Engine, InvalidSessionId, ModeMismatch
+from fulfill.engine import LANDING, Engine, InvalidSessionId, ModeMismatch
 from fulfill.guard import LookupGuard, TooManyLookups
 from fulfill.pages import (
     PRIVATE_HEADERS,
@@ -33,23 +33,27 @@ __all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "render_record", "safe_url
 
 log = logging.getLogger("fulfill.landing")
 
+# How often an open page of an order in progress asks for its JSON. Waiting for
+# a bank (days, perhaps) it asks less often; either way the database answers,
+# and Stripe is asked at most once per FULFILL_PAYMENT_CHECK_INTERVAL.
 REFRESH_SECONDS = 3
+REFRESH_AWAITING_PAYMENT_SECONDS = 10
 
 # What each state tells the customer.
 STATES: dict[str, tuple[str, str]] = {
     "fulfilled": ("Thank you — your order is ready", "Everything you bought is below."),
     "fulfilling": (
         "We are preparing your order",
-        "This takes a few seconds. This page refreshes by itself.",
+        "This takes a few seconds. This page updates by itself.",
     ),
     "pending": (
         "We are preparing your order",
-        "This takes a few seconds. This page refreshes by itself.",
+        "This takes a few seconds. This page updates by itself.",
     ),
     "awaiting_payment": (
         "Your payment is processing",
         "Your bank has not confirmed the payment yet. We will deliver your order as soon as it "
-        "does; this page refreshes by itself, and you can close it safely.",
+        "does; this page updates by itself, and you can close it safely.",
     ),
     "failed": (
         "Your payment went through — we are on it",
@@ -111,7 +115,13 @@ def render_record(request: Request, record: FulfillmentRecord) -> Response:
         message=message,
         badge=BADGES.get(record.status, BADGES["failed"]),
         item_badge=item_badge,
-        refresh=REFRESH_SECONDS if record.status in REFRESHING else None,
+        refresh=(
+            None
+            if record.status not in REFRESHING
+            else REFRESH_AWAITING_PAYMENT_SECONDS
+            if record.status == "awaiting_payment"
+            else REFRESH_SECONDS
+        ),
     )
     return HTMLResponse(html, headers=PRIVATE_HEADERS)
 
@@ -132,7 +142,7 @@ class LandingPage:
         try:
             record = await self.engine.fulfill_checkout(
                 session_id,
-                trigger="landing",
+                trigger=LANDING,
                 wait=self.wait,
                 admit=lambda: self.guard.admit(client),
             )

@@ -92,6 +92,7 @@ class Service:
                 lease_seconds=settings.lease_seconds,
                 max_attempts=settings.max_attempts,
                 retry_base_seconds=settings.retry_base,
+                payment_check_seconds=settings.payment_check,
             ),
         )
         service = cls(settings, store, stripe, catalog, http, engine, signing_key, mailer)

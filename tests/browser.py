@@ -32,6 +32,8 @@ FLAGS = (
     "--disable-dev-shm-usage",
 )
 DESKTOP = (1280, 900)
+# axe-core from the npm registry, vendored for the tests (tests/vendor/axe-core/README.md).
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 
 
 class Browser:
@@ -91,6 +93,22 @@ class Browser:
         except NoAlertPresentException:
             return False
         return True
+
+    def accessibility_problems(
+        self, impacts: tuple[str, ...] = ("serious", "critical")
+    ) -> list[str]:
+        """axe-core's violations on the page as it is now, of the given impacts, one line each."""
+        self.driver.execute_script(AXE.read_text())
+        result = self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "axe.run(document).then(r => done(r.violations), e => done([{id: 'axe-error',"
+            " impact: 'critical', help: String(e), nodes: []}]));"
+        )
+        return [
+            f"{v['impact']}: {v['id']} - {v['help']} ({len(v['nodes'])} elements)"
+            for v in result
+            if v.get("impact") in impacts
+        ]
 
     def screenshot(self, name: str, width: int = DESKTOP[0]) -> Path:
         """The whole page on a screen ``width`` CSS pixels wide, as ``artifacts/{name}.png``."""

@@ -113,7 +113,8 @@ def test_delayed_payment_waits_then_fulfills(
     assert record["payment_status"] == "unpaid"
     page = service.landing(session.id, as_json=False)
     assert "Your payment is processing" in page.text
-    assert 'http-equiv="refresh"' in page.text
+    assert 'data-testid="checking"' in page.text, "the page keeps checking"
+    assert 'http-equiv="refresh"' not in page.text
     assert receiver.received == []
     service.shop.post(f"/_emulator/sessions/{session.id}/settle", {"result": "succeeded"})
     record = wait_status(service, session.id, "fulfilled")

@@ -37,12 +37,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import BindParameter
 
 from fulfill.records import (
+    AWAITING_PAYMENT,
     FAILED,
     FULFILLED,
     FULFILLING,
     ITEM_DONE,
     ITEM_FAILED,
     ITEM_PENDING,
+    PAYMENT_FAILED,
     PENDING,
     FulfillmentRecord,
     ItemRecord,
@@ -62,6 +64,8 @@ from fulfill.store.schema import (
 T = TypeVar("T")
 
 CLAIMABLE = (PENDING, FAILED)
+# Statuses that wait on Stripe (a delayed payment): asked about at most once per interval.
+CHECKED = (AWAITING_PAYMENT, PAYMENT_FAILED)
 
 # -- one record in one indexed read --------------------------------------------------
 #
@@ -203,6 +207,24 @@ class _LeaseStatements:
         }
         self.fail = failed.values(next_attempt_at=time.plus("b_retry"), **settled)
         self.fail_for_good = failed.values(next_attempt_at=None, **settled)
+        # Stripe was asked about the session just now (see ``Store.take_check``).
+        self.checked = (
+            update(fulfillments)
+            .where(fulfillments.c.session_id == _param("b_session_id"))
+            .values(checked_at=time.now)
+        )
+        self.take_check = (
+            update(fulfillments)
+            .where(
+                fulfillments.c.session_id == _param("b_session_id"),
+                fulfillments.c.status.in_(CHECKED),
+                or_(
+                    fulfillments.c.checked_at.is_(None),
+                    fulfillments.c.checked_at <= time.plus("b_ago"),
+                ),
+            )
+            .values(checked_at=time.now)
+        )
 
 
 _ITEM = and_(
@@ -579,6 +601,11 @@ class Store:
                     _ADD_TRIGGER,
                     {"session_id": snapshot.session_id, "trigger": trigger, "at": now},
                 )
+            if status in CHECKED:
+                await connection.execute(
+                    self._leases.checked,
+                    {"b_session_id": snapshot.session_id, **self.time.params()},
+                )
             return moved
 
         return await self._write(work)
@@ -625,6 +652,23 @@ class Store:
                     fulfillments.c.status.in_(list(may_replace)),
                 )
                 .values(status=status, updated_at=now)
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def take_check(self, session_id: str, interval: float) -> bool:
+        """May Stripe be asked about this waiting session now? True for one caller per interval.
+
+        One conditional write on the database's clock: of all the visitors
+        and instances asking at once, one gets True, and nobody again for
+        ``interval`` seconds (``observe`` of a waiting status counts as asked).
+        """
+
+        async def work(connection: AsyncConnection) -> bool:
+            result = await connection.execute(
+                self._leases.take_check,
+                {"b_session_id": session_id, **self.time.params(b_ago=-interval)},
             )
             return bool(result.rowcount)
 

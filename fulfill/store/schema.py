@@ -46,6 +46,10 @@ fulfillments = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("fulfilled_at", DateTime),
+    # When Stripe was last asked about a session that waits for its payment
+    # (database time, migration 0006): landing visits ask at most once per
+    # interval, whoever and wherever they are.
+    Column("checked_at", DateTime),
     Index("ix_fulfillments_status_next", "status", "next_attempt_at"),
     Index("ix_fulfillments_created", "created_at"),
 )
