@@ -203,7 +203,7 @@ class Script:
             self.customer.buy(purchase)
             if purchase.outcome == "delayed":
                 page = self.customer.visit(purchase)
-                if purchase.seen[-1] != "awaiting_payment" or 'http-equiv="refresh"' not in page:
+                if purchase.seen[-1] != "awaiting_payment" or 'data-testid="checking"' not in page:
                     purchase.problems.append("the landing page did not show the payment processing")
                 self.customer.wait_until(purchase, "fulfilled")
             self.customer.visit(purchase)
