@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -74,6 +75,24 @@ class AccessLog:
                 status["code"],
                 (time.perf_counter() - started) * 1000,
             )
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy settings from ``FULFILL_TRUSTED_PROXIES``, for every way the app is served.
+
+    The client address (which the landing page and the checkout limit by, and
+    the access log shows) is the connection's peer unless the peer is one of
+    the trusted proxies; then uvicorn's ``ProxyHeadersMiddleware`` takes the
+    rightmost X-Forwarded-For entry that is not itself a trusted proxy (so a
+    client's own forged entries, further left, are never reached).
+
+    Always passed explicitly: left to itself, uvicorn trusts 127.0.0.1 and ::1
+    (or the ``FORWARDED_ALLOW_IPS`` variable), so anything on the same host
+    could choose its address. Without trusted proxies the headers are not
+    read at all.
+    """
+    trusted = settings.trusted_proxy_list
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": list(trusted)}
 
 
 def create_app(
