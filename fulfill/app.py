@@ -21,7 +21,7 @@ from fulfill.admin import create_admin_app
 from fulfill.config import Settings, load_settings
 from fulfill.downloads import DownloadEndpoint
 from fulfill.errors import FulfillError
-from fulfill.guard import LookupGuard
+from fulfill.guard import ClientLimits, LookupGuard, TooManyCheckouts
 from fulfill.landing import LandingPage
 from fulfill.outbox import OutboxViewer
 from fulfill.pages import render_error
@@ -131,6 +131,11 @@ def create_app(
             public_url=settings.public_url,
             shipping_countries=settings.shipping_country_list,
             outbox_url="/outbox" if show_outbox else None,
+            limits=ClientLimits(
+                per_client_per_minute=settings.checkouts_per_client,
+                total_per_second=settings.checkouts_per_second,
+                refused=TooManyCheckouts,
+            ),
         )
         if service.mailer is not None:
             # A live shop whose emails only land in a folder should hear about it.

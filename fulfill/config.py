@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # believed; none by default: the client is the connection's peer. See
     # ``fulfill.app.server_options`` for how this reaches uvicorn.
     trusted_proxies: str = Field(default="", alias="FULFILL_TRUSTED_PROXIES")
+    # POST /checkout/sessions (each creates a session at Stripe): per client
+    # per minute, and in total per second.
+    checkouts_per_client: float = Field(default=10, alias="FULFILL_CHECKOUTS_PER_CLIENT", gt=0)
+    checkouts_per_second: float = Field(default=5, alias="FULFILL_CHECKOUTS_PER_SECOND", gt=0)
     # Where POST /checkout/sessions lets Checkout ship physical goods (ISO 3166-1 alpha-2).
     shipping_countries: str = Field(
         default=DEFAULT_SHIPPING_COUNTRIES, alias="FULFILL_SHIPPING_COUNTRIES"

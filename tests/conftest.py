@@ -267,6 +267,8 @@ def service_factory(
             "FULFILL_RECONCILE_INTERVAL": 0,
             "FULFILL_LOOKUPS_PER_CLIENT": 100_000,
             "FULFILL_LOOKUPS_PER_SECOND": 100_000,
+            "FULFILL_CHECKOUTS_PER_CLIENT": 100_000,
+            "FULFILL_CHECKOUTS_PER_SECOND": 100_000,
             "FULFILL_RETRY_BASE": 0.2,
             "FULFILL_MAIL_OUTBOX": str(tmp_path / "outbox"),
             **overrides,
