@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -20,7 +21,7 @@ from fulfill.admin import create_admin_app
 from fulfill.config import Settings, load_settings
 from fulfill.downloads import DownloadEndpoint
 from fulfill.errors import FulfillError
-from fulfill.guard import LookupGuard
+from fulfill.guard import ClientLimits, LookupGuard, TooManyCheckouts
 from fulfill.landing import LandingPage
 from fulfill.outbox import OutboxViewer
 from fulfill.pages import render_error
@@ -76,6 +77,24 @@ class AccessLog:
             )
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy settings from ``FULFILL_TRUSTED_PROXIES``, for every way the app is served.
+
+    The client address (which the landing page and the checkout limit by, and
+    the access log shows) is the connection's peer unless the peer is one of
+    the trusted proxies; then uvicorn's ``ProxyHeadersMiddleware`` takes the
+    rightmost X-Forwarded-For entry that is not itself a trusted proxy (so a
+    client's own forged entries, further left, are never reached).
+
+    Always passed explicitly: left to itself, uvicorn trusts 127.0.0.1 and ::1
+    (or the ``FORWARDED_ALLOW_IPS`` variable), so anything on the same host
+    could choose its address. Without trusted proxies the headers are not
+    read at all.
+    """
+    trusted = settings.trusted_proxy_list
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": list(trusted)}
+
+
 def create_app(
     settings: Settings, *, run_worker: bool = True, show_outbox: bool = False
 ) -> Starlette:
@@ -112,6 +131,11 @@ def create_app(
             public_url=settings.public_url,
             shipping_countries=settings.shipping_country_list,
             outbox_url="/outbox" if show_outbox else None,
+            limits=ClientLimits(
+                per_client_per_minute=settings.checkouts_per_client,
+                total_per_second=settings.checkouts_per_second,
+                refused=TooManyCheckouts,
+            ),
         )
         if service.mailer is not None:
             # A live shop whose emails only land in a folder should hear about it.

@@ -139,7 +139,7 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from fulfill import logs
-    from fulfill.app import create_app
+    from fulfill.app import create_app, server_options
     from fulfill.service import Service
 
     settings = _settings()
@@ -174,6 +174,7 @@ def serve(host: str, port: int, workers: int) -> None:
                 port=port,
                 workers=workers,
                 access_log=False,
+                **server_options(settings),
                 log_level="warning",
                 log_config=log_config,
             )
@@ -188,6 +189,7 @@ def serve(host: str, port: int, workers: int) -> None:
             access_log=False,
             log_level="warning",
             log_config=log_config,
+            **server_options(settings),
         )
 
 

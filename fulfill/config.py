@@ -7,6 +7,7 @@ that a typo stops the program at start instead of at the first payment.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,14 @@ class Settings(BaseSettings):
     # Stripe call): per client per minute, and in total per second (SPEC §10.6).
     lookups_per_client: float = Field(default=10, alias="FULFILL_LOOKUPS_PER_CLIENT", gt=0)
     lookups_per_second: float = Field(default=10, alias="FULFILL_LOOKUPS_PER_SECOND", gt=0)
+    # The proxies (IPs or CIDR networks) whose X-Forwarded-For and -Proto are
+    # believed; none by default: the client is the connection's peer. See
+    # ``fulfill.app.server_options`` for how this reaches uvicorn.
+    trusted_proxies: str = Field(default="", alias="FULFILL_TRUSTED_PROXIES")
+    # POST /checkout/sessions (each creates a session at Stripe): per client
+    # per minute, and in total per second.
+    checkouts_per_client: float = Field(default=10, alias="FULFILL_CHECKOUTS_PER_CLIENT", gt=0)
+    checkouts_per_second: float = Field(default=5, alias="FULFILL_CHECKOUTS_PER_SECOND", gt=0)
     # Where POST /checkout/sessions lets Checkout ship physical goods (ISO 3166-1 alpha-2).
     shipping_countries: str = Field(
         default=DEFAULT_SHIPPING_COUNTRIES, alias="FULFILL_SHIPPING_COUNTRIES"
@@ -124,6 +133,28 @@ class Settings(BaseSettings):
         if not codes or any(not COUNTRY_RE.match(c) for c in codes):
             raise ValueError("must be two-letter country codes, comma-separated, like DE,FR,US")
         return ",".join(codes)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        for entry in entries:
+            if entry == "*":
+                # uvicorn would then take the leftmost X-Forwarded-For entry,
+                # which any client writes: everyone could pick their address.
+                raise ValueError(
+                    "'*' would let any client choose its address; list the proxies' IPs or "
+                    "networks, e.g. 10.0.0.0/16"
+                )
+            try:
+                # strict, as uvicorn is: 10.0.0.1/8 is no network to it, and it
+                # would quietly compare it as text and never trust anyone.
+                ipaddress.ip_network(entry, strict=True)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/16)"
+                ) from None
+        return ",".join(entries)
 
     @field_validator("admin_token")
     @classmethod
@@ -202,6 +233,11 @@ class Settings(BaseSettings):
     @property
     def shipping_country_list(self) -> tuple[str, ...]:
         return tuple(self.shipping_countries.split(","))
+
+    @property
+    def trusted_proxy_list(self) -> tuple[str, ...]:
+        """The proxies whose forwarding headers are believed; empty: none."""
+        return tuple(self.trusted_proxies.split(",")) if self.trusted_proxies else ()
 
     @property
     def livemode(self) -> bool | None:

@@ -6,6 +6,10 @@ account's whole rate limit (25/s test, 100/s live) and starve webhooks and
 reconcile. So such lookups are limited per client and in total, and a
 session Stripe says does not exist is remembered briefly, so asking again
 costs nothing. Sessions the service already knows are never limited here.
+
+``POST /checkout/sessions`` is anonymous and creates a session at Stripe each
+time: it is limited the same way (``ClientLimits``), by the same client
+address (``client_address``).
 """
 
 from __future__ import annotations
@@ -15,17 +19,112 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
+from starlette.requests import HTTPConnection
 
 from fulfill.errors import FulfillError
 
 
-class TooManyLookups(FulfillError):
+class TooManyRequests(FulfillError):
+    """A client, or all clients together, asked more often than a ``ClientLimits`` allows."""
+
     status_code = 429
-    code = "too_many_lookups"
+    code = "too_many_requests"
+    title = "Too many requests"
+    # The messages for a client over its own allowance, and for everyone over the total.
+    per_client_message = "Too many requests from this address"
+    total_message = "Too many requests just now"
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyLookups(TooManyRequests):
+    code = "too_many_lookups"
+    per_client_message = "Too many order lookups from this address"
+    total_message = "Too many order lookups just now"
+
+
+class TooManyCheckouts(TooManyRequests):
+    code = "too_many_checkouts"
+    # Shown as is on the page and in the JSON error: plain words, and what to do.
+    per_client_message = (
+        "You have started several checkouts in a short time. Please wait a moment and try "
+        "again; nothing was charged."
+    )
+    total_message = (
+        "We are getting a lot of orders just now. Please wait a moment and try again; "
+        "nothing was charged."
+    )
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The address allowances are counted by: the peer, or what a trusted proxy forwarded.
+
+    uvicorn's proxy middleware has already put a trusted proxy's
+    X-Forwarded-For here, and only then (``FULFILL_TRUSTED_PROXIES``,
+    ``fulfill.app.server_options``).
+    """
+    return connection.client.host if connection.client else "unknown"
+
+
+def _bucket(count: float, period: float) -> AsyncLimiter:
+    """``count`` per ``period`` seconds, as a bucket that holds at least one.
+
+    aiolimiter admits nothing when its bucket holds less than one: 0.5 a
+    minute is kept as 1 per two minutes.
+    """
+    if count >= 1:
+        return AsyncLimiter(count, period)
+    return AsyncLimiter(1, period / count)
+
+
+class ClientLimits:
+    """An allowance per client address and one for all clients together.
+
+    The per-client buckets live in a map bounded by ``max_clients``, the least
+    recently seen client forgotten first: a flood of addresses costs memory up
+    to that bound, and a forgotten client starts again with a full allowance.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_client_per_minute: float,
+        total_per_second: float,
+        max_clients: int = 10_000,
+        refused: type[TooManyRequests] = TooManyRequests,
+    ) -> None:
+        self.per_client = per_client_per_minute
+        self.total = _bucket(total_per_second, 1.0)
+        self.max_clients = max_clients
+        self.refused = refused
+        self._clients: OrderedDict[str, AsyncLimiter] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    async def admit(self, client: str) -> None:
+        """Take one from the client's and the total allowance, or raise ``refused`` (429)."""
+        limiter = self._clients.get(client)
+        if limiter is None:
+            limiter = _bucket(self.per_client, 60.0)
+            self._clients[client] = limiter
+            while len(self._clients) > self.max_clients:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(client)
+        if not limiter.has_capacity():
+            raise self.refused(self.refused.per_client_message, _one(limiter))
+        if not self.total.has_capacity():
+            raise self.refused(self.refused.total_message, _one(self.total))
+        # Both have capacity, and nothing ran in between: these do not wait.
+        await limiter.acquire()
+        await self.total.acquire()
+
+
+def _one(limiter: AsyncLimiter) -> float:
+    """Seconds in which a full bucket has room for one more."""
+    return limiter.time_period / limiter.max_rate
 
 
 class LookupGuard:
@@ -41,13 +140,15 @@ class LookupGuard:
         max_unknown: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.per_client = per_client_per_minute
-        self.total = AsyncLimiter(total_per_second, 1.0)
+        self.limits = ClientLimits(
+            per_client_per_minute=per_client_per_minute,
+            total_per_second=total_per_second,
+            max_clients=max_clients,
+            refused=TooManyLookups,
+        )
         self.unknown_ttl = unknown_ttl
-        self.max_clients = max_clients
         self.max_unknown = max_unknown
         self.clock = clock
-        self._clients: OrderedDict[str, AsyncLimiter] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()
 
     def known_missing(self, session_id: str) -> bool:
@@ -68,17 +169,4 @@ class LookupGuard:
 
     async def admit(self, client: str) -> None:
         """Take one lookup from the client's and the total allowance, or refuse with 429."""
-        limiter = self._clients.get(client)
-        if limiter is None:
-            limiter = AsyncLimiter(self.per_client, 60.0)
-            self._clients[client] = limiter
-            while len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
-        self._clients.move_to_end(client)
-        if not limiter.has_capacity():
-            raise TooManyLookups("Too many order lookups from this address", 60.0 / self.per_client)
-        if not self.total.has_capacity():
-            raise TooManyLookups("Too many order lookups just now", 1.0)
-        # Both have capacity, and nothing ran in between: these do not wait.
-        await limiter.acquire()
-        await self.total.acquire()
+        await self.limits.admit(client)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from fulfill.engine import LANDING, Engine, InvalidSessionId, ModeMismatch
-from fulfill.guard import LookupGuard, TooManyLookups
+from fulfill.guard import LookupGuard, TooManyLookups, client_address
 from fulfill.pages import (
     PRIVATE_HEADERS,
     TEMPLATES,
@@ -136,7 +136,7 @@ class LandingPage:
 
     async def __call__(self, request: Request) -> Response:
         session_id = request.query_params.get("session_id", "")
-        client = request.client.host if request.client else "unknown"
+        client = client_address(request)
         if self.guard.known_missing(session_id):
             return _not_found(request)
         try:

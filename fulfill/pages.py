@@ -9,6 +9,7 @@ never markup. Links go through ``safe_url`` so that only http(s) reaches an
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,9 @@ def render_error(request: Request, exc: FulfillError) -> Response:
     """The one rendering of a ``FulfillError`` that reaches HTTP: its status and code.
 
     Server-side failures (5xx) tell the customer what to do, not what broke;
-    the details are for the logs.
+    the details are for the logs. An error with a ``retry_after`` (a 429) is
+    sent with ``Retry-After``; its page does not reload itself, as a form
+    post must not be repeated behind the customer's back.
     """
     status = exc.status_code
     if status >= 500:
@@ -122,6 +125,10 @@ def render_error(request: Request, exc: FulfillError) -> Response:
     else:
         title = getattr(exc, "title", "That did not work")
         message = exc.message
-    return render_problem(
+    response = render_problem(
         request, status, exc.code, title, message, back=("Back to the shop", "/shop")
     )
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float):
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response

@@ -6,6 +6,9 @@ cached for ``OFFERS_TTL``: the API's capacity belongs to fulfillment, not to
 page views). A request can name only those prices; anything else is refused
 before Stripe is asked.
 
+Checkouts are limited per client address and in total (``fulfill.guard``):
+beyond either, a 429 with ``Retry-After`` and nothing asked of Stripe.
+
 After creating the session the customer is sent (303) to the ``url`` Stripe
 returned, and only there: nothing in the request decides the redirect target,
 so the endpoint cannot be used as an open redirect.
@@ -27,6 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 
 from fulfill.catalog import Catalog, CatalogEntry, LineItemFacts
 from fulfill.errors import FulfillError
+from fulfill.guard import ClientLimits, TooManyCheckouts, client_address
 from fulfill.pages import TEMPLATES, safe_url, wants_json
 from fulfill.stripe_api import PriceInfo, StripeApi, StripeApiError
 
@@ -241,6 +245,7 @@ class Storefront:
         public_url: str,
         shipping_countries: Sequence[str],
         outbox_url: str | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
         # The demo links its outbox of customer emails from the shop (fulfill/outbox.py).
         self.outbox_url = outbox_url
@@ -248,6 +253,11 @@ class Storefront:
         self.stripe = stripe
         self.public_url = public_url.rstrip("/")
         self.shipping_countries = tuple(shipping_countries)
+        if limits is None:
+            limits = ClientLimits(
+                per_client_per_minute=10, total_per_second=5, refused=TooManyCheckouts
+            )
+        self.limits = limits
 
     async def page(self, request: Request) -> Response:
         offers = await self.offers.get()
@@ -268,6 +278,11 @@ class Storefront:
         if len({offer.price.currency for offer in chosen}) > 1:
             raise InvalidOrder("Products priced in different currencies cannot be bought together.")
         ships = any(offer.entry.action == "shipment" for offer in chosen)
+        # Each checkout is a call on the account's Stripe rate limit, and anyone
+        # may ask: counted here, once the order is one Stripe would be asked
+        # for, so a refused order (400) costs the customer nothing, and a 429
+        # costs Stripe nothing.
+        await self.limits.admit(client_address(request))
         created = await self.stripe.create_session(
             order,
             success_url=f"{self.public_url}/checkout/complete?session_id={{CHECKOUT_SESSION_ID}}",

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from stripe import HTTPXClient, StripeClient
 
 from fulfill.app import create_app as create_service_app
+from fulfill.app import server_options
 from fulfill.config import Settings, load_settings
 from fulfill.emulator import Emulator, create_app
 from fulfill.store.database import create_engine
@@ -266,12 +267,16 @@ def service_factory(
             "FULFILL_RECONCILE_INTERVAL": 0,
             "FULFILL_LOOKUPS_PER_CLIENT": 100_000,
             "FULFILL_LOOKUPS_PER_SECOND": 100_000,
+            "FULFILL_CHECKOUTS_PER_CLIENT": 100_000,
+            "FULFILL_CHECKOUTS_PER_SECOND": 100_000,
             "FULFILL_RETRY_BASE": 0.2,
             "FULFILL_MAIL_OUTBOX": str(tmp_path / "outbox"),
             **overrides,
         }
         settings = load_settings(env_file=None, **values)
-        url = stack.enter_context(serve_in_thread(create_service_app(settings), port=port))
+        url = stack.enter_context(
+            serve_in_thread(create_service_app(settings), port=port, **server_options(settings))
+        )
         client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
         if webhooks:
             emulator_server.post(

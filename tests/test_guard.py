@@ -7,7 +7,13 @@ import string
 
 import pytest
 
-from fulfill.guard import LookupGuard, TooManyLookups
+from fulfill.guard import (
+    ClientLimits,
+    LookupGuard,
+    TooManyCheckouts,
+    TooManyLookups,
+    TooManyRequests,
+)
 from tests.conftest import ServiceFactory
 from tests.test_engine import wait_status
 
@@ -27,6 +33,29 @@ async def test_per_client_and_total_allowances() -> None:
     await guard.admit("10.0.0.2")
     with pytest.raises(TooManyLookups, match="just now"):
         await guard.admit("10.0.0.3")
+
+
+async def test_allowances_under_one_still_admit_one() -> None:
+    """Half a checkout a minute is one per two minutes, not none (aiolimiter's bucket < 1)."""
+    limits = ClientLimits(per_client_per_minute=0.5, total_per_second=0.1, refused=TooManyCheckouts)
+    await limits.admit("10.0.0.1")
+    with pytest.raises(TooManyCheckouts, match="several checkouts") as refused:
+        await limits.admit("10.0.0.1")
+    assert refused.value.retry_after == pytest.approx(120)
+    with pytest.raises(TooManyCheckouts, match="a lot of orders") as everyone:
+        await limits.admit("10.0.0.2")
+    assert everyone.value.retry_after == pytest.approx(10)
+
+
+async def test_the_map_of_clients_stays_bounded() -> None:
+    limits = ClientLimits(per_client_per_minute=1, total_per_second=1e9, max_clients=100)
+    for n in range(1000):
+        await limits.admit(f"10.0.{n // 256}.{n % 256}")
+    assert len(limits) == 100
+    # The most recent are remembered (refused), the first forgotten (a fresh allowance).
+    with pytest.raises(TooManyRequests):
+        await limits.admit("10.0.3.231")
+    await limits.admit("10.0.0.0")
 
 
 def test_missing_sessions_are_remembered_briefly() -> None:

@@ -664,6 +664,97 @@ def test_refused_orders_redirect_nowhere_and_cost_no_session(
     before.check()
 
 
+# -- a flood of checkouts: each would spend the account's Stripe rate limit -----------------
+
+
+def checkout(
+    service: ServiceServer, price: str, headers: list[tuple[str, str]], *, as_json: bool
+) -> httpx.Response:
+    if as_json:
+        return service.client.post(
+            "/checkout/sessions", json={"price": price}, headers=headers, follow_redirects=False
+        )
+    return service.client.post(
+        "/checkout/sessions",
+        data={"price": price, "success_url": "https://evil.example/"},
+        headers=headers,
+        follow_redirects=False,
+    )
+
+
+def assert_throttled(answer: httpx.Response, *, as_json: bool) -> None:
+    assert answer.status_code == 429, answer.text
+    assert int(answer.headers["retry-after"]) >= 1
+    assert "location" not in answer.headers
+    assert "evil.example" not in answer.text
+    if as_json:
+        assert answer.json()["error"]["code"] == "too_many_checkouts"
+    else:
+        assert "<h1" in answer.text
+        assert "http-equiv" not in answer.text
+
+
+def test_a_flood_of_checkouts_with_invented_addresses_is_refused_before_stripe(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, evil_receiver: str
+) -> None:
+    """No trusted proxy (the default): X-Forwarded-For is the visitor's own words, ignored."""
+    service, price = shop_with(
+        service_factory,
+        emulator_server,
+        evil_receiver,
+        FULFILL_CHECKOUTS_PER_CLIENT=3,
+        FULFILL_CHECKOUTS_PER_SECOND=1000,
+    )
+    assert service.client.get("/shop").status_code == 200  # the offers, read once
+    forged = [[("X-Forwarded-For", f"198.51.100.{n}"), *FORGED_HOST.items()] for n in range(40)]
+    for n in range(3):
+        assert checkout(service, price, forged[n], as_json=bool(n % 2)).status_code == 303
+    before = Unchanged.capture(service)
+    for n in range(3, 40):
+        assert_throttled(
+            checkout(service, price, forged[n], as_json=bool(n % 2)), as_json=bool(n % 2)
+        )
+    before.check()
+    assert len(created_sessions(service)) == 3
+
+
+def test_behind_a_trusted_proxy_prepended_addresses_do_not_escape_the_checkout_limit(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, evil_receiver: str
+) -> None:
+    """The proxy (127.0.0.1) appends the visitor's real address after whatever it sent."""
+    service, price = shop_with(
+        service_factory,
+        emulator_server,
+        evil_receiver,
+        FULFILL_TRUSTED_PROXIES="127.0.0.1",
+        FULFILL_CHECKOUTS_PER_CLIENT=2,
+        FULFILL_CHECKOUTS_PER_SECOND=1000,
+    )
+    assert service.client.get("/shop").status_code == 200
+    real = "203.0.113.66"
+    for _ in range(2):
+        assert (
+            checkout(service, price, [("X-Forwarded-For", real)], as_json=True).status_code == 303
+        )
+    before = Unchanged.capture(service)
+    for n in range(20):
+        spoofed = (
+            # In one header, as nginx's $proxy_add_x_forwarded_for writes it...
+            [("X-Forwarded-For", f"198.51.100.{n}, 127.0.0.1, {real}")]
+            if n % 2
+            # ...or the visitor's header and the proxy's as two lines.
+            else [("X-Forwarded-For", f"198.51.100.{n}"), ("X-Forwarded-For", real)]
+        )
+        assert_throttled(
+            checkout(service, price, spoofed, as_json=bool(n % 3)), as_json=bool(n % 3)
+        )
+    before.check()
+    # Another visitor behind the same proxy is still served.
+    other = [("X-Forwarded-For", "203.0.113.77")]
+    assert checkout(service, price, other, as_json=True).status_code == 303
+    assert len(created_sessions(service)) == 3
+
+
 # -- markup in everything a page shows -------------------------------------------------------
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'

@@ -262,3 +262,96 @@ def test_shipment_items_collect_an_address(
     assert state.sessions[with_shirt.json()["id"]]["shipping_address_collection"] == {
         "allowed_countries": ["DE", "FR"]
     }
+
+
+# -- limits: each checkout is a call on the account's Stripe rate limit ----------------------
+
+
+def limited_shop(
+    service_factory: ServiceFactory,
+    emulator_server: EmulatorServer,
+    receiver: Receiver,
+    **limits: Any,
+) -> Shop:
+    """A shop behind a trusted proxy on 127.0.0.1: X-Forwarded-For tells the customers apart."""
+    ebook = emulator_server.price("E-book", 1900)
+    service = service_factory(
+        shop_catalog(receiver.url, price=ebook, lookup_key="course_year"),
+        FULFILL_TRUSTED_PROXIES="127.0.0.1",
+        **limits,
+    )
+    shop = Shop(service, ebook, "")
+    assert service.client.get("/shop").status_code == 200  # the offers, read once
+    return shop
+
+
+def customer(address: str, **headers: str) -> dict[str, Any]:
+    return {"headers": {"X-Forwarded-For": address, **headers}}
+
+
+def assert_refused_page(answer: httpx.Response, retry_after: int) -> None:
+    """The 429 a form post gets: a page that says what to do, and does nothing by itself."""
+    assert answer.status_code == 429
+    assert answer.headers["retry-after"] == str(retry_after)
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "location" not in answer.headers
+    assert '<h1 id="problem-h">Too many requests</h1>' in answer.text
+    assert "Please wait a moment and try again" in answer.text
+    assert "nothing was charged" in answer.text
+    assert "http-equiv" not in answer.text  # no reload behind the customer's back
+
+
+def test_over_the_per_client_limit_a_checkout_is_429_and_costs_no_session(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = limited_shop(
+        service_factory,
+        emulator_server,
+        receiver,
+        FULFILL_CHECKOUTS_PER_CLIENT=2,
+        FULFILL_CHECKOUTS_PER_SECOND=1000,
+    )
+    a = customer("203.0.113.10")
+    assert [shop.buy({"price": shop.ebook}, **a).status_code for _ in range(2)] == [303, 303]
+    assert shop.sessions_created() == 2
+
+    assert_refused_page(shop.buy({"price": shop.ebook}, **a), retry_after=30)
+    as_json = shop.service.client.post(
+        "/checkout/sessions", json={"price": shop.ebook}, **customer("203.0.113.10")
+    )
+    assert as_json.status_code == 429
+    assert as_json.headers["retry-after"] == "30"
+    assert as_json.json() == {
+        "error": {
+            "code": "too_many_checkouts",
+            "message": "You have started several checkouts in a short time. Please wait a "
+            "moment and try again; nothing was charged.",
+        }
+    }
+    assert shop.sessions_created() == 2  # nothing was sent to Stripe for either
+
+    # Another customer is served; an order refused as invalid spends no allowance.
+    b = customer("203.0.113.20")
+    assert shop.buy({"price": "price_not_sold_here"}, **b).status_code == 400
+    assert [shop.buy({"price": shop.ebook}, **b).status_code for _ in range(2)] == [303, 303]
+    assert shop.sessions_created() == 4
+
+
+def test_over_the_total_limit_every_client_is_refused(
+    service_factory: ServiceFactory, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    # One checkout per 20 seconds for the whole shop: the second, moments later, is over.
+    shop = limited_shop(
+        service_factory,
+        emulator_server,
+        receiver,
+        FULFILL_CHECKOUTS_PER_CLIENT=1000,
+        FULFILL_CHECKOUTS_PER_SECOND=0.05,
+    )
+    assert shop.buy({"price": shop.ebook}, **customer("203.0.113.10")).status_code == 303
+    for address in ("203.0.113.10", "203.0.113.20", "198.51.100.7"):
+        refused = shop.buy({"price": shop.ebook}, **customer(address))
+        assert_refused_page(refused, retry_after=20)
+        assert "a lot of orders just now" in refused.text
+    assert shop.buy({"price": shop.ebook}).status_code == 429  # the proxy's own address too
+    assert shop.sessions_created() == 1

@@ -26,6 +26,7 @@ from rich.console import Console
 
 from fulfill.actions import FACTORIES
 from fulfill.app import create_app as create_service_app
+from fulfill.app import server_options
 from fulfill.config import Settings, load_settings
 from fulfill.demo.samples import SAMPLES, Listed, MerchantSystem, catalog_text, create_prices
 from fulfill.emulator import Emulator
@@ -49,9 +50,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int, name: str) -> Iterator[str]:
-    """``app`` under uvicorn in a daemon thread on ``port``; yields its base URL."""
-    config = uvicorn.Config(app, host=HOST, port=port, log_level="error", lifespan="on")
+def serve_in_thread(app: Any, port: int, name: str, **options: Any) -> Iterator[str]:
+    """``app`` under uvicorn in a daemon thread on ``port``; yields its base URL.
+
+    ``options`` are more of ``uvicorn.Config``'s, e.g. the service's ``server_options``.
+    """
+    config = uvicorn.Config(app, host=HOST, port=port, log_level="error", lifespan="on", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"demo-{name}", daemon=True)
     thread.start()
@@ -127,7 +131,9 @@ def running_demo(port: int, *, settle_after: float, quiet: bool = True) -> Itera
             FULFILL_MAIL_FROM="Fulfill demo shop <orders@demo.example>",
         )
         app = create_service_app(settings, show_outbox=True)
-        shop_url = stack.enter_context(serve_in_thread(app, port, "fulfill service"))
+        shop_url = stack.enter_context(
+            serve_in_thread(app, port, "fulfill service", **server_options(settings))
+        )
         emulator.deliveries.add_endpoint(f"{shop_url}/webhooks/stripe", secret=webhook_secret)
         yield Demo(
             shop_url=shop_url,
