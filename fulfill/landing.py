@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from urllib.parse import urlencode
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
@@ -26,7 +27,7 @@ from fulfill.pages import (
     safe_url,
     wants_json,
 )
-from fulfill.records import FulfillmentRecord
+from fulfill.records import FAILED, FULFILLED, FULFILLING, PENDING, FulfillmentRecord
 from fulfill.stripe_api import SessionNotFound, StripeApiError, StripeUnavailable
 
 __all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "render_record", "safe_url"]
@@ -142,8 +143,11 @@ class LandingPage:
                 429,
                 exc.code,
                 "Too many requests",
+                # Only sessions the service has no record of are counted, so
+                # nothing is known about this one's payment: claim nothing.
                 "We are getting a lot of order lookups just now. Please wait a minute and "
-                "refresh this page; your payment is safe.",
+                "try again.",
+                retry=_again(session_id),
             )
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
             return response
@@ -175,10 +179,13 @@ class LandingPage:
             known = await self._stored(session_id)
             if known is not None:
                 return render_record(request, known)
-            return _unavailable(request, exc)
+            return _unavailable(request, exc, session_id, None)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("landing page unavailable: %s", type(exc).__name__)
-            return _unavailable(request, exc)
+            # The database may answer a read even when a write failed: say what
+            # it knows about the payment, and nothing when it knows nothing.
+            known = await self._stored(session_id)
+            return _unavailable(request, exc, session_id, known)
         return render_record(request, record)
 
     async def _stored(self, session_id: str) -> FulfillmentRecord | None:
@@ -188,12 +195,38 @@ class LandingPage:
             return None
 
 
-# How long the temporary-error page waits before it tries again by itself: long
-# enough not to add to a rate limit, short enough for a customer who waits.
+# The Retry-After of the temporary-error page: long enough not to add to a
+# rate limit, short enough for a customer who waits.
 UNAVAILABLE_RETRY_SECONDS = 10
 
+# Recorded statuses that mean the session was paid (or had nothing to pay):
+# only then may the temporary-error page speak of the payment.
+PAID = frozenset({PENDING, FULFILLING, FAILED, FULFILLED})
 
-def _unavailable(request: Request, exc: Exception) -> Response:
+
+def _again(session_id: str) -> str:
+    """The "Try again" link: this same page, relative, so it works behind any host."""
+    return "?" + urlencode({"session_id": session_id})
+
+
+def unavailable_message(known: FulfillmentRecord | None) -> str:
+    """What the 503 page says: only what the service knows about the payment.
+
+    A record showing the session paid lets it say so; with no record (the
+    database away, or Stripe unreachable for a session never seen) it cannot
+    tell a paid order from an abandoned checkout, and claims nothing.
+    """
+    if known is not None and known.status in PAID:
+        return (
+            "We have received your payment, and your order will be completed. "
+            "Its details could not be loaded just now: please try again in a moment."
+        )
+    return "Your order page could not be loaded just now. Please try again in a moment."
+
+
+def _unavailable(
+    request: Request, exc: Exception, session_id: str, known: FulfillmentRecord | None
+) -> Response:
     retry_after = UNAVAILABLE_RETRY_SECONDS
     if isinstance(exc, StripeUnavailable) and exc.retry_after is not None:
         retry_after = max(retry_after, math.ceil(exc.retry_after))
@@ -202,9 +235,9 @@ def _unavailable(request: Request, exc: Exception) -> Response:
         503,
         "temporarily_unavailable",
         "We could not load your order just now",
-        "Your payment is safe. This page tries again by itself in a few seconds; "
-        "if it does not, please refresh this page in a minute.",
+        unavailable_message(known),
         retry_after=retry_after,
+        retry=_again(session_id),
     )
 
 
