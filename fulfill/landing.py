@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,7 +32,7 @@ from fulfill.pages import (
 from fulfill.records import FAILED, FULFILLED, FULFILLING, PENDING, FulfillmentRecord
 from fulfill.stripe_api import SessionNotFound, StripeApiError, StripeUnavailable
 
-__all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "render_record", "safe_url"]
+__all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "public_json", "render_record", "safe_url"]
 
 log = logging.getLogger("fulfill.landing")
 
@@ -102,9 +104,107 @@ def item_badge(item_status: str, order_status: str, action: str | None = None) -
     return ("Preparing", "warn")
 
 
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _delivered(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a done item delivers, as the page shows it: never the raw result.
+
+    A ``python`` action's result is whatever the merchant's code returned, so
+    only the shapes the page knows are read, each checked for its type (the
+    same reading as ``landing.html`` and ``deliverables.html``).
+    """
+    shown: dict[str, Any] = {}
+    if isinstance(message := result.get("message"), str):
+        shown["message"] = message
+    links = result.get("links")
+    shown["links"] = [
+        {"label": str(link.get("label") or "Open"), "url": url}
+        for link in (links if isinstance(links, list) else [])
+        if isinstance(link, Mapping) and (url := safe_url(link.get("url")))
+    ]
+    if keys := _strings(result.get("keys")):
+        shown["licence_keys"] = keys
+    if isinstance(expires := result.get("expires_at"), str):
+        shown["expires_at"] = expires  # a download link's last moment
+    access = result.get("access")
+    if isinstance(access, Mapping) and safe_url(access.get("url")):
+        shown["access"] = {
+            key: access.get(key)
+            for key in ("service", "url", "email", "starts_at", "ends_at", "lifetime")
+        }
+    shipment = result.get("shipment")
+    if isinstance(shipment, Mapping) and isinstance(state := shipment.get("status"), str):
+        words = SHIPMENT_STATES.get(state, state)
+        shown["shipment"] = {"status": state, "state": words}
+    return shown
+
+
+# A shipment's state in the customer's words (as deliverables.html shows it).
+SHIPMENT_STATES = {
+    "pending": "Preparing your shipment",
+    "shipped": "Shipped",
+    "delivered": "Delivered",
+    "cancelled": "Shipment cancelled",
+}
+
+
+def public_json(record: FulfillmentRecord) -> dict[str, Any]:
+    """The customer's view of an order: what the landing page shows, as JSON.
+
+    ``Accept: application/json`` on the landing page gets this, not the
+    record: the session ID opens it, so it says no more than the page —
+    no error text (a receiver's URL and answer), triggers, event IDs,
+    attempts, leases, metadata or client reference. The whole record is for
+    operators: the admin API and ``fulfill show --json``.
+    """
+    title, message = STATES.get(record.status, STATES["failed"])
+    items = []
+    for item in record.items:
+        shown: dict[str, Any] = {
+            "description": item.description,
+            "quantity": item.quantity,
+            "amount_total": item.amount_total,
+            "currency": item.currency,
+            "state": item_badge(item.status, record.status, item.action)[0],
+            "delivered": item.status == "done",
+        }
+        if item.status == "done" and isinstance(item.result, Mapping):
+            shown.update(_delivered(item.result))
+        items.append(shown)
+    shipping = record.shipping or None
+    if shipping is not None:
+        address = shipping.get("address") or {}
+        shipping = {
+            "name": shipping.get("name"),
+            "address": {
+                key: address.get(key)
+                for key in ("line1", "line2", "postal_code", "city", "state", "country")
+            },
+        }
+    return {
+        "status": record.status,
+        "state": BADGES.get(record.status, BADGES["failed"])[0],
+        "title": title,
+        "message": message,
+        "reference": record.session_id[-12:],
+        "customer": {
+            "name": record.customer.get("name"),
+            "email": record.customer.get("email"),
+        },
+        "items": items,
+        "amount_total": record.amount_total,
+        "currency": record.currency,
+        "shipping": shipping,
+    }
+
+
 def render_record(request: Request, record: FulfillmentRecord) -> Response:
     if wants_json(request):
-        return JSONResponse(record.as_json(), headers=PRIVATE_HEADERS)
+        return JSONResponse(public_json(record), headers=PRIVATE_HEADERS)
     title, message = STATES.get(record.status, STATES["failed"])
     html = TEMPLATES.get_template("landing.html").render(
         record=record,
