@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from fulfill import logs
 from fulfill.actions.download import LinkExpired, LinkInvalid, read_token
 from fulfill.pages import PRIVATE_HEADERS, render_problem
 from fulfill.store.deliverables import Deliverables
@@ -107,7 +108,8 @@ class DownloadEndpoint:
         except OSError:
             found = None
         if found is None or not stat.S_ISREG(found.st_mode):
-            log.warning("download file %s is missing (grant of %s…)", path, claim.session_id[:16])
+            with logs.bound(session_id=claim.session_id):
+                log.warning("download file %s is missing", path)
             return _gone(request)
         return FileResponse(
             path,

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
@@ -26,10 +29,10 @@ from fulfill.pages import (
     safe_url,
     wants_json,
 )
-from fulfill.records import FulfillmentRecord
+from fulfill.records import FAILED, FULFILLED, FULFILLING, PENDING, FulfillmentRecord
 from fulfill.stripe_api import SessionNotFound, StripeApiError, StripeUnavailable
 
-__all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "render_record", "safe_url"]
+__all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "public_json", "render_record", "safe_url"]
 
 log = logging.getLogger("fulfill.landing")
 
@@ -105,9 +108,107 @@ def item_badge(item_status: str, order_status: str, action: str | None = None) -
     return ("Preparing", "warn")
 
 
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _delivered(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a done item delivers, as the page shows it: never the raw result.
+
+    A ``python`` action's result is whatever the merchant's code returned, so
+    only the shapes the page knows are read, each checked for its type (the
+    same reading as ``landing.html`` and ``deliverables.html``).
+    """
+    shown: dict[str, Any] = {}
+    if isinstance(message := result.get("message"), str):
+        shown["message"] = message
+    links = result.get("links")
+    shown["links"] = [
+        {"label": str(link.get("label") or "Open"), "url": url}
+        for link in (links if isinstance(links, list) else [])
+        if isinstance(link, Mapping) and (url := safe_url(link.get("url")))
+    ]
+    if keys := _strings(result.get("keys")):
+        shown["licence_keys"] = keys
+    if isinstance(expires := result.get("expires_at"), str):
+        shown["expires_at"] = expires  # a download link's last moment
+    access = result.get("access")
+    if isinstance(access, Mapping) and safe_url(access.get("url")):
+        shown["access"] = {
+            key: access.get(key)
+            for key in ("service", "url", "email", "starts_at", "ends_at", "lifetime")
+        }
+    shipment = result.get("shipment")
+    if isinstance(shipment, Mapping) and isinstance(state := shipment.get("status"), str):
+        words = SHIPMENT_STATES.get(state, state)
+        shown["shipment"] = {"status": state, "state": words}
+    return shown
+
+
+# A shipment's state in the customer's words (as deliverables.html shows it).
+SHIPMENT_STATES = {
+    "pending": "Preparing your shipment",
+    "shipped": "Shipped",
+    "delivered": "Delivered",
+    "cancelled": "Shipment cancelled",
+}
+
+
+def public_json(record: FulfillmentRecord) -> dict[str, Any]:
+    """The customer's view of an order: what the landing page shows, as JSON.
+
+    ``Accept: application/json`` on the landing page gets this, not the
+    record: the session ID opens it, so it says no more than the page —
+    no error text (a receiver's URL and answer), triggers, event IDs,
+    attempts, leases, metadata or client reference. The whole record is for
+    operators: the admin API and ``fulfill show --json``.
+    """
+    title, message = STATES.get(record.status, STATES["failed"])
+    items = []
+    for item in record.items:
+        shown: dict[str, Any] = {
+            "description": item.description,
+            "quantity": item.quantity,
+            "amount_total": item.amount_total,
+            "currency": item.currency,
+            "state": item_badge(item.status, record.status, item.action)[0],
+            "delivered": item.status == "done",
+        }
+        if item.status == "done" and isinstance(item.result, Mapping):
+            shown.update(_delivered(item.result))
+        items.append(shown)
+    shipping = record.shipping or None
+    if shipping is not None:
+        address = shipping.get("address") or {}
+        shipping = {
+            "name": shipping.get("name"),
+            "address": {
+                key: address.get(key)
+                for key in ("line1", "line2", "postal_code", "city", "state", "country")
+            },
+        }
+    return {
+        "status": record.status,
+        "state": BADGES.get(record.status, BADGES["failed"])[0],
+        "title": title,
+        "message": message,
+        "reference": record.session_id[-12:],
+        "customer": {
+            "name": record.customer.get("name"),
+            "email": record.customer.get("email"),
+        },
+        "items": items,
+        "amount_total": record.amount_total,
+        "currency": record.currency,
+        "shipping": shipping,
+    }
+
+
 def render_record(request: Request, record: FulfillmentRecord) -> Response:
     if wants_json(request):
-        return JSONResponse(record.as_json(), headers=PRIVATE_HEADERS)
+        return JSONResponse(public_json(record), headers=PRIVATE_HEADERS)
     title, message = STATES.get(record.status, STATES["failed"])
     html = TEMPLATES.get_template("landing.html").render(
         record=record,
@@ -152,8 +253,11 @@ class LandingPage:
                 429,
                 exc.code,
                 "Too many requests",
+                # Only sessions the service has no record of are counted, so
+                # nothing is known about this one's payment: claim nothing.
                 "We are getting a lot of order lookups just now. Please wait a minute and "
-                "refresh this page; your payment is safe.",
+                "try again.",
+                retry=_again(session_id),
             )
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
             return response
@@ -185,10 +289,13 @@ class LandingPage:
             known = await self._stored(session_id)
             if known is not None:
                 return render_record(request, known)
-            return _unavailable(request, exc)
+            return _unavailable(request, exc, session_id, None)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("landing page unavailable: %s", type(exc).__name__)
-            return _unavailable(request, exc)
+            # The database may answer a read even when a write failed: say what
+            # it knows about the payment, and nothing when it knows nothing.
+            known = await self._stored(session_id)
+            return _unavailable(request, exc, session_id, known)
         return render_record(request, record)
 
     async def _stored(self, session_id: str) -> FulfillmentRecord | None:
@@ -198,12 +305,38 @@ class LandingPage:
             return None
 
 
-# How long the temporary-error page waits before it tries again by itself: long
-# enough not to add to a rate limit, short enough for a customer who waits.
+# The Retry-After of the temporary-error page: long enough not to add to a
+# rate limit, short enough for a customer who waits.
 UNAVAILABLE_RETRY_SECONDS = 10
 
+# Recorded statuses that mean the session was paid (or had nothing to pay):
+# only then may the temporary-error page speak of the payment.
+PAID = frozenset({PENDING, FULFILLING, FAILED, FULFILLED})
 
-def _unavailable(request: Request, exc: Exception) -> Response:
+
+def _again(session_id: str) -> str:
+    """The "Try again" link: this same page, relative, so it works behind any host."""
+    return "?" + urlencode({"session_id": session_id})
+
+
+def unavailable_message(known: FulfillmentRecord | None) -> str:
+    """What the 503 page says: only what the service knows about the payment.
+
+    A record showing the session paid lets it say so; with no record (the
+    database away, or Stripe unreachable for a session never seen) it cannot
+    tell a paid order from an abandoned checkout, and claims nothing.
+    """
+    if known is not None and known.status in PAID:
+        return (
+            "We have received your payment, and your order will be completed. "
+            "Its details could not be loaded just now: please try again in a moment."
+        )
+    return "Your order page could not be loaded just now. Please try again in a moment."
+
+
+def _unavailable(
+    request: Request, exc: Exception, session_id: str, known: FulfillmentRecord | None
+) -> Response:
     retry_after = UNAVAILABLE_RETRY_SECONDS
     if isinstance(exc, StripeUnavailable) and exc.retry_after is not None:
         retry_after = max(retry_after, math.ceil(exc.retry_after))
@@ -212,9 +345,9 @@ def _unavailable(request: Request, exc: Exception) -> Response:
         503,
         "temporarily_unavailable",
         "We could not load your order just now",
-        "Your payment is safe. This page tries again by itself in a few seconds; "
-        "if it does not, please refresh this page in a minute.",
+        unavailable_message(known),
         retry_after=retry_after,
+        retry=_again(session_id),
     )
 
 

@@ -2,32 +2,101 @@
 
 The session and event being handled are kept in context variables, set where
 a fulfillment or a webhook starts; a filter copies them onto every record
-logged inside, so one ``grep cs_test_…`` finds a fulfillment's whole story.
-Secrets never reach a log: session IDs in URLs are cut short by the access
-log, keys and signatures are never passed to a logger.
+logged inside, so one ``grep`` finds a fulfillment's whole story.
+
+A session ID is the customer's key to their order page (anyone holding it
+sees the order, its download links and licence keys), and logs travel
+further than the database: to aggregators, tickets, chat. So no line carries
+one whole. Lines carry the session's *log reference* instead —
+``cs_test_a1b2c3d4-9f86d08188``: the ID's first 16 characters (its mode and 8
+of its ~58 random ones, which open nothing) and the first 10 hex digits of
+the SHA-256 of the whole ID, which tell sessions with the same start apart.
+It is stable (the same on every host and release, no key to share or
+rotate), ``fulfill show`` accepts it and prints it, and it is computed here,
+where each record is rendered, so every call site is covered at once; a
+whole ID that a message or a traceback carries anyway (a Stripe error
+naming the session) is replaced by its reference too. Access lines cut IDs
+in URLs shorter still; keys, secrets and tokens are never logged.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 import logging.config
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pythonjsonlogger.json
+
 session_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 event_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_id", default=None)
 
+# How much of the ID a reference keeps: "cs_test_" and 8 of the random characters.
+REFERENCE_PREFIX = 16
+REFERENCE_HASH = 10
+REFERENCE_RE = re.compile(
+    rf"(cs_(?:test|live)_[A-Za-z0-9]{{0,{REFERENCE_PREFIX - 8}}})-([0-9a-f]{{{REFERENCE_HASH}}})"
+)
+# A whole session ID inside a message or a traceback: longer than any cut-short
+# form the service logs (a reference's prefix, an access line's), so those are left be.
+_WHOLE_ID = re.compile(rf"cs_(?:test|live)_[A-Za-z0-9]{{{REFERENCE_PREFIX - 8 + 1},}}")
+
+
+def log_reference(session_id: str) -> str:
+    """``cs_test_a1b2c3d4…`` → ``cs_test_a1b2c3d4-9f86d08188``: a session in the logs.
+
+    Never more than half of the ID is kept, so that a short ID (tests use
+    some) is not logged whole either.
+    """
+    keep = min(REFERENCE_PREFIX, max(8, len(session_id) // 2))
+    digest = hashlib.sha256(session_id.encode()).hexdigest()[:REFERENCE_HASH]
+    return f"{session_id[:keep]}-{digest}"
+
+
+def is_log_reference(text: str) -> bool:
+    return REFERENCE_RE.fullmatch(text) is not None
+
+
+def matches_reference(session_id: str, reference: str) -> bool:
+    """Whether ``reference`` is ``session_id``'s log reference."""
+    return log_reference(session_id) == reference
+
+
+def scrub(text: str) -> str:
+    """Every whole session ID in ``text`` replaced by its log reference."""
+    return _WHOLE_ID.sub(lambda m: log_reference(m.group(0)), text)
+
 
 class ContextFilter(logging.Filter):
-    """Adds ``session_id`` and ``event_id`` from the context to each record."""
+    """Adds ``session_ref`` and ``event_id`` from the context to each record.
+
+    Also replaces any whole session ID in the message with its reference.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.session_id = session_var.get()
+        session_id = session_var.get()
+        record.session_ref = log_reference(session_id) if session_id else None
         record.event_id = event_var.get()
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        if "cs_" in message and (scrubbed := scrub(message)) != message:
+            record.msg, record.args = scrubbed, None
         return True
+
+
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """JSON lines; a traceback's session IDs replaced by their references."""
+
+    def formatException(self, ei: Any) -> Any:
+        text = super().formatException(ei)
+        return scrub(text) if isinstance(text, str) else [scrub(line) for line in text]
 
 
 @contextmanager
@@ -64,10 +133,13 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         context = " ".join(
             f"{key}={value}"
-            for key in ("session_id", "event_id")
+            for key in ("session_ref", "event_id")
             if (value := getattr(record, key, None))
         )
         return f"{line}  [{context}]" if context else line
+
+    def formatException(self, ei: Any) -> str:
+        return scrub(super().formatException(ei))
 
 
 # Chatty below WARNING, and nothing an operator needs: every HTTP request of
@@ -89,8 +161,8 @@ def logging_config(level: int = logging.INFO, *, json_lines: bool | None = None)
         json_lines = not sys.stderr.isatty()
     formatter: dict[str, Any] = (
         {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "{asctime}{levelname}{name}{message}{session_id}{event_id}",
+            "()": "fulfill.logs.JsonFormatter",
+            "fmt": "{asctime}{levelname}{name}{message}{session_ref}{event_id}",
             "style": "{",
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         }

@@ -21,9 +21,11 @@ from rich.text import Text
 from fulfill.catalog import Catalog, load_catalog
 from fulfill.cli import _settings, err, main, print_record, read_store, stdout
 from fulfill.errors import FulfillError
+from fulfill.logs import is_log_reference, log_reference
 from fulfill.records import FAILED, FULFILLED, STATUSES, FulfillmentRecord, iso
 from fulfill.service import Service, mail_composer
 from fulfill.store.emails import KINDS, EmailRecord
+from fulfill.store.references import session_for_reference
 from fulfill.stripe_api import StripeApi
 
 T = TypeVar("T")
@@ -91,11 +93,14 @@ def list_records(status: str | None, limit: int, as_json: bool) -> None:
 @click.argument("session_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record (and its events) as JSON.")
 def show(session_id: str, as_json: bool) -> None:
-    """One record with its items and history."""
+    """One record with its items and history: by session ID, or by the reference in the logs."""
 
     async def read(
         store: Any,
     ) -> tuple[FulfillmentRecord | None, list[dict[str, Any]], list[EmailRecord]]:
+        nonlocal session_id
+        if is_log_reference(session_id):
+            session_id = await session_for_reference(store.engine, session_id) or session_id
         return (
             await store.get(session_id),
             await store.events_for(session_id),
@@ -103,6 +108,8 @@ def show(session_id: str, as_json: bool) -> None:
         )
 
     record, events, emails = read_store(read)
+    if record is None and is_log_reference(session_id):
+        raise FulfillError(f"no record has the log reference {session_id}")
     if record is None:
         raise FulfillError(
             f"no record for {session_id}; `fulfill run {session_id}` reads it from Stripe"
@@ -111,6 +118,7 @@ def show(session_id: str, as_json: bool) -> None:
         echo_json(
             {
                 **record.as_json(),
+                "log_reference": log_reference(record.session_id),
                 "events": [_event(e) for e in events],
                 "emails": [e.as_json() for e in emails],
             }
@@ -118,6 +126,7 @@ def show(session_id: str, as_json: bool) -> None:
         return
     print_record(record)
     out = stdout()
+    out.print(f"in the logs: {log_reference(record.session_id)}", highlight=False)
     history = Table(
         "received", Column("event", no_wrap=True), "type", "outcome", title="webhook events"
     )

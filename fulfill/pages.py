@@ -90,12 +90,15 @@ def render_problem(
     *,
     back: tuple[str, str] | None = None,
     retry_after: int | None = None,
+    retry: str | None = None,
 ) -> Response:
     """An error as ``{"error": {"code", "message"}}`` or as a readable page; never a trace.
 
     ``back`` is a ``(label, path)`` link on the page, e.g. to the storefront.
-    ``retry_after`` (seconds) is sent as ``Retry-After``, and the page reloads
-    itself then: a problem that passes should not need the customer to act.
+    ``retry_after`` (seconds) is sent as ``Retry-After``; ``retry`` is the
+    address of a "Try again" button on the page. The page does not reload by
+    itself: a ``<meta http-equiv="refresh">`` moves the page under a screen
+    reader's or a slow reader's feet (axe-core's ``meta-refresh``, WCAG 2.2.1).
     """
     headers = dict(PRIVATE_HEADERS)
     if retry_after is not None:
@@ -105,7 +108,7 @@ def render_problem(
             {"error": {"code": code, "message": message}}, status_code=status, headers=headers
         )
     html = TEMPLATES.get_template("problem.html").render(
-        title=title, message=message, status=status, back=back, refresh=retry_after
+        title=title, message=message, status=status, back=back, retry=retry
     )
     return HTMLResponse(html, status_code=status, headers=headers)
 

@@ -22,6 +22,7 @@ from fulfill.app import create_app as create_service_app
 from fulfill.app import server_options
 from fulfill.config import Settings, load_settings
 from fulfill.emulator import Emulator, create_app
+from fulfill.store import Store
 from fulfill.store.database import create_engine
 from tests.requirements import missing_service
 from tests.servers import Receiver, free_port, serve_in_thread
@@ -172,6 +173,16 @@ class ServiceServer:
             "/checkout/complete", params={"session_id": session_id}, headers=headers
         )
 
+    def record(self, session_id: str) -> dict[str, Any]:
+        """The whole stored record (internals included), as the admin API gives it.
+
+        The landing page's JSON is the customer's view only; tests that check
+        triggers, attempts, errors or item results read the store.
+        """
+        record = stored_record(self.settings.database_url, session_id)
+        assert record is not None, f"no record for {session_id}"
+        return record
+
     def send(self, payload: bytes, signature: str | None) -> httpx.Response:
         headers = {"Content-Type": "application/json"}
         if signature is not None:
@@ -187,6 +198,20 @@ class ServiceServer:
 
 
 ServiceFactory = Callable[..., ServiceServer]
+
+
+def stored_record(database_url: str, session_id: str) -> dict[str, Any] | None:
+    """``FulfillmentRecord.as_json`` of one session, read from the database."""
+
+    async def read() -> dict[str, Any] | None:
+        store = await Store.open(database_url, migrate=False, pool_size=1)
+        try:
+            record = await store.get(session_id)
+        finally:
+            await store.close()
+        return None if record is None else record.as_json()
+
+    return asyncio.run(read())
 
 
 POSTGRES_ADMIN = os.environ.get(

@@ -101,4 +101,4 @@ def test_bought_licences_show_their_keys_with_copy_buttons(
     assert "navigator.clipboard" in page
     assert "http" not in page.split("<script>")[1].split("</script>")[0]  # nothing fetched
     # Fulfilled again by any trigger, the record keeps the same keys.
-    assert service.landing(session_id).json()["items"][0]["result"]["keys"] == keys
+    assert service.landing(session_id).json()["items"][0]["licence_keys"] == keys

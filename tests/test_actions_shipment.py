@@ -184,7 +184,7 @@ def test_a_physical_item_without_an_address_fails_the_session_clearly(
     # Failed for good at once: no next attempt, and none made by the worker.
     assert record["next_attempt_at"] is None
     time.sleep(1.0)
-    record = service.landing(session_id).json()
+    record = service.record(session_id)
     assert (record["status"], record["attempts"]) == ("failed", 1)
 
 

@@ -143,7 +143,7 @@ def test_records_in_every_status_are_listed_filtered_and_shown(
     assert fulfilled["items"][0]["status"] == "done"
     assert fulfilled["fulfilled_at"] is not None
     # The same shape as the landing page's JSON (SPEC §5).
-    assert fulfilled == service.landing(sessions["fulfilled"]).json()
+    assert fulfilled == service.record(sessions["fulfilled"])
     assert api(service, "GET", f"/fulfillments/{sessions['pending']}").json()["items"][0][
         "status"
     ] == ("pending")

@@ -27,13 +27,15 @@ from tests.servers import Receiver
 
 
 def wait_status(service: ServiceServer, session_id: str, status: str, timeout: float = 15) -> Any:
+    """Visit the landing page (as the customer, which fulfills) until it shows ``status``;
+    then the whole stored record, internals included (the page's JSON has none)."""
     deadline = time.monotonic() + timeout
     record: Any = None
     while time.monotonic() < deadline:
         response = service.landing(session_id)
         record = response.json()
         if record.get("status") == status:
-            return record
+            return service.record(session_id)
         time.sleep(0.05)
     raise AssertionError(f"{session_id} did not reach {status}: {record}")
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any, cast
 
-from tests.conftest import HOOK_METADATA, ServiceFactory
-from tests.servers import Receiver
+import httpx
+import pytest
+from sqlalchemy.exc import OperationalError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from fulfill.engine import Engine
+from fulfill.landing import LandingPage, public_json, unavailable_message
+from fulfill.records import FulfillmentRecord, ItemRecord
+from tests.conftest import HOOK_METADATA, ServiceFactory, hook_catalog
+from tests.servers import Receiver, serve_in_thread
 from tests.test_engine import wait_status
 
 
@@ -68,3 +79,224 @@ def test_open_and_expired_sessions(
     record = service.landing(session.id).json()
     assert record["status"] == status
     assert words in service.landing(session.id, as_json=False).text
+
+
+class _BrokenEngine:
+    """An engine whose fulfillment fails on the database while a read still answers."""
+
+    def __init__(self, record: FulfillmentRecord | None) -> None:
+        self.record = record
+        self.store = self
+
+    async def fulfill_checkout(self, session_id: str, **_: Any) -> FulfillmentRecord:
+        raise OperationalError("UPDATE fulfillments …", {}, Exception("database is locked"))
+
+    async def get(self, session_id: str) -> FulfillmentRecord | None:
+        return self.record
+
+
+SESSION = "cs_test_a1" + "b" * 56
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        *[(s, "We have received your payment") for s in ("pending", "fulfilling", "failed")],
+        ("fulfilled", "We have received your payment"),
+        ("awaiting_payment", "Your order page could not be loaded just now"),
+        ("payment_failed", "Your order page could not be loaded just now"),
+        (None, "Your order page could not be loaded just now"),
+    ],
+)
+def test_the_503_page_speaks_of_the_payment_only_when_a_record_shows_it_paid(
+    status: str | None, words: str
+) -> None:
+    record = None if status is None else FulfillmentRecord(session_id=SESSION, status=status)
+    page_of = LandingPage(cast(Engine, _BrokenEngine(record)), wait=0)
+
+    async def landing(request: Request) -> Response:
+        return await page_of(request)
+
+    app = Starlette(routes=[Route("/checkout/complete", landing)])
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        page = client.get("/checkout/complete", params={"session_id": SESSION})
+        answer = client.get(
+            "/checkout/complete",
+            params={"session_id": SESSION},
+            headers={"Accept": "application/json"},
+        )
+    assert page.status_code == 503
+    assert page.headers["retry-after"] == "10"
+    card = page.text[page.text.index("<main") : page.text.index("</main>")]
+    assert words in card
+    if words != "We have received your payment":
+        assert "payment" not in card.lower()
+    assert 'http-equiv="refresh"' not in page.text
+    assert f'href="?session_id={SESSION}"' in card
+    assert answer.status_code == 503
+    assert answer.json()["error"] == {
+        "code": "temporarily_unavailable",
+        "message": unavailable_message(record),
+    }
+
+
+def test_the_landing_json_is_the_customers_view_without_internals(
+    service_factory: ServiceFactory,
+) -> None:
+    """A failed order's JSON says what the page says: no error, no receiver, no events."""
+
+    async def hook(request: Request) -> Response:
+        return PlainTextResponse(f"boom: database down behind {request.url}", status_code=500)
+
+    with serve_in_thread(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as base:
+        receiver_url = f"{base}/hook"
+        service = service_factory(hook_catalog(receiver_url), FULFILL_MAX_ATTEMPTS=1)
+        price = service.shop.price("Field handbook", 1900, product_metadata=HOOK_METADATA)
+        session_id = service.paid_session(
+            [(price, 1)],
+            metadata={"crm_note": "vip-internal-7731"},
+            client_reference_id="crm-ref-5521",
+        )
+        record = wait_status(service, session_id, "failed")
+        # The internals are there for operators (the store, the admin API, fulfill show) …
+        assert receiver_url in record["last_error"]
+        assert any(t.startswith("webhook:evt_") for t in record["triggers"])
+        answer = service.landing(session_id)
+    assert answer.status_code == 200
+    assert answer.headers["cache-control"] == "no-store"
+    public = answer.json()
+    # … but the customer's JSON has none of them.
+    text = answer.text
+    for secret in (
+        receiver_url,
+        base,
+        "boom",
+        "answered 500",
+        "evt_",
+        "triggers",
+        "last_error",
+        "attempts",
+        "vip-internal-7731",
+        "crm-ref-5521",
+        "crm_note",
+        "line_item_id",
+        "lease",
+        "next_attempt",
+        '"error"',
+        "metadata",
+    ):
+        assert secret not in text, secret
+    assert public["status"] == "failed"
+    assert public["state"] == "Paid · delivery delayed"
+    assert public["title"] == "Your payment went through — we are on it"
+    assert public["reference"] == session_id[-12:]
+    assert (public["amount_total"], public["currency"]) == (1900, "eur")
+    (item,) = public["items"]
+    assert item == {
+        "description": "Field handbook",
+        "quantity": 1,
+        "amount_total": 1900,
+        "currency": "eur",
+        "state": "Retrying",
+        "delivered": False,
+    }
+    assert set(public) == {
+        "status",
+        "state",
+        "title",
+        "message",
+        "reference",
+        "customer",
+        "items",
+        "amount_total",
+        "currency",
+        "shipping",
+    }
+
+
+def test_public_json_shows_what_each_item_delivers_as_the_page_does() -> None:
+    record = FulfillmentRecord(
+        session_id=SESSION,
+        status="fulfilled",
+        customer={"email": "jenny@example.com", "name": "Jenny Rosen"},
+        shipping={
+            "name": "Jenny Rosen",
+            "address": {
+                "line1": "1 Main St",
+                "city": "Berlin",
+                "postal_code": "10115",
+                "country": "DE",
+                "secret": "x",
+            },
+        },
+        amount_total=5000,
+        currency="eur",
+        metadata={"internal": "no"},
+        items=[
+            ItemRecord(
+                line_item_id="li_1",
+                position=0,
+                price_id="price_1",
+                product_id="prod_1",
+                description="E-book",
+                quantity=1,
+                amount_total=1000,
+                currency="eur",
+                action="download",
+                status="done",
+                error=None,
+                result={
+                    "links": [
+                        {"label": "ebook.pdf", "url": "https://shop.test/downloads/t"},
+                        {"label": "bad", "url": "javascript:alert(1)"},
+                    ],
+                    "expires_at": "2030-01-01T00:00:00Z",
+                    "message": "Your download link works until 1 January.",
+                    "internal": {"grant": 7},
+                },
+            ),
+            ItemRecord(
+                line_item_id="li_2",
+                position=1,
+                price_id=None,
+                product_id=None,
+                description="Licence",
+                quantity=2,
+                amount_total=2000,
+                currency="eur",
+                action="license",
+                status="done",
+                result={"keys": ["AAAA-BBBB", 3], "message": "Your 2 licence keys:"},
+            ),
+            ItemRecord(
+                line_item_id="li_3",
+                position=2,
+                price_id=None,
+                product_id=None,
+                description="Poster",
+                quantity=1,
+                amount_total=2000,
+                currency="eur",
+                action="shipment",
+                status="done",
+                result={
+                    "shipment": {"id": 4, "status": "pending", "address": {}},
+                    "message": "We will ship Poster to Jenny Rosen.",
+                },
+            ),
+        ],
+    )
+    public = public_json(record)
+    assert public["customer"] == {"name": "Jenny Rosen", "email": "jenny@example.com"}
+    assert public["shipping"]["address"]["city"] == "Berlin"
+    assert "secret" not in public["shipping"]["address"]
+    download, licence, poster = public["items"]
+    assert download["links"] == [{"label": "ebook.pdf", "url": "https://shop.test/downloads/t"}]
+    assert download["expires_at"] == "2030-01-01T00:00:00Z"
+    assert download["state"] == "Delivered"
+    assert "internal" not in download
+    assert licence["licence_keys"] == ["AAAA-BBBB"]
+    assert poster["shipment"] == {"status": "pending", "state": "Preparing your shipment"}
+    assert poster["state"] == "Confirmed"
+    assert "li_" not in repr(public)
+    assert "internal" not in repr(public)

@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from click.testing import CliRunner
 
+import fulfill.operations  # noqa: F401 - registers `fulfill show`
+from fulfill.cli import main
+from fulfill.logs import is_log_reference, log_reference, scrub
 from tests.conftest import HOOK_METADATA, HOOK_SECRET, EmulatorServer, hook_catalog
 from tests.processes import Instance, start_instance
 from tests.servers import Receiver
@@ -30,9 +34,15 @@ def landing(instance: Instance, session_id: str) -> dict[str, Any]:
 
 
 def wait_for(instance: Instance, session_id: str, status: str) -> dict[str, Any]:
+    """Visit the landing page until it shows ``status``; then the whole record (admin API)."""
     for _ in range(300):
-        record = landing(instance, session_id)
-        if record["status"] == status:
+        if landing(instance, session_id)["status"] == status:
+            answer = httpx.get(
+                f"{instance.url}/api/fulfillments/{session_id}",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                timeout=30,
+            )
+            record: dict[str, Any] = answer.json()
             return record
     raise AssertionError(f"{session_id} did not reach {status}")
 
@@ -50,19 +60,17 @@ def test_serve_logs_json_lines_with_session_and_event_and_no_secret(
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(hook_catalog(receiver.url))
     log = tmp_path / "serve.log"
-    instance = start_instance(
-        {
-            "STRIPE_SECRET_KEY": SECRET_KEY,
-            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "STRIPE_API_BASE": shop.url,
-            "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'fulfill.db'}",
-            "FULFILL_CATALOG": str(catalog),
-            "FULFILL_ADMIN_TOKEN": ADMIN_TOKEN,
-            "FULFILL_MAX_ATTEMPTS": "1",
-            "FULFILL_RECONCILE_INTERVAL": "0",
-        },
-        log,
-    )
+    env = {
+        "STRIPE_SECRET_KEY": SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": shop.url,
+        "FULFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'fulfill.db'}",
+        "FULFILL_CATALOG": str(catalog),
+        "FULFILL_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FULFILL_MAX_ATTEMPTS": "1",
+        "FULFILL_RECONCILE_INTERVAL": "0",
+    }
+    instance = start_instance(env, log)
     try:
         shop.post(
             "/_emulator/webhook_endpoints",
@@ -107,10 +115,22 @@ def test_serve_logs_json_lines_with_session_and_event_and_no_secret(
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert lines, "serve logged nothing"
     for line in lines:
-        assert {"time", "level", "logger", "message", "session_id", "event_id"} <= set(line)
+        assert {"time", "level", "logger", "message", "session_ref", "event_id"} <= set(line)
+    # A session ID opens the customer's order: no line carries one whole, in any field.
+    sessions = (by_webhook, failing, by_landing)
+    for session_id in sessions:
+        assert session_id not in text
+    references = {session_id: log_reference(session_id) for session_id in sessions}
+    for reference in references.values():
+        assert is_log_reference(reference)
+    # Every line inside a fulfillment carries its session's reference, and only those.
+    for line in lines:
+        if line["logger"] in ("fulfill.engine", "fulfill.actions.webhook"):
+            assert line["session_ref"] in references.values(), line
+        assert line["session_ref"] in (None, *references.values()), line
 
     def about(session_id: str) -> list[dict[str, Any]]:
-        return [line for line in lines if line["session_id"] == session_id]
+        return [line for line in lines if line["session_ref"] == references[session_id]]
 
     # Migrations say what they applied, once; probes add no alembic line.
     migrations = [line["message"] for line in lines if line["logger"].startswith("alembic")]
@@ -137,7 +157,35 @@ def test_serve_logs_json_lines_with_session_and_event_and_no_secret(
     admin_lines = [line for line in access if "/api/fulfillments/" in line["message"]]
     assert admin_lines
     for line in access:
-        assert line["session_id"] is None
+        assert line["session_ref"] is None
         for session_id in (by_webhook, failing, by_landing):
             assert session_id not in json.dumps(line)
     assert any(f"session_id={by_landing[:14]}…" in line["message"] for line in landing_lines)
+
+    # From a log line back to the record: `fulfill show` takes the reference, and prints it.
+    reference = failure[0]["session_ref"]
+    shown = CliRunner().invoke(main, ["show", reference, "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    record = json.loads(shown.stdout)
+    assert (record["session_id"], record["status"]) == (failing, "failed")
+    assert record["log_reference"] == reference
+    table = CliRunner().invoke(main, ["show", reference], env=env)
+    assert table.exit_code == 0, table.output
+    assert f"in the logs: {reference}" in table.stdout
+    unknown = CliRunner().invoke(main, ["show", reference[:-1] + "x"], env=env)
+    assert unknown.exit_code != 0
+
+
+def test_a_log_reference_is_stable_short_and_not_the_id() -> None:
+    session_id = "cs_test_a1" + "Zq9" * 19 + "x"
+    reference = log_reference(session_id)
+    assert reference == log_reference(session_id)
+    assert reference.startswith(session_id[:16] + "-")
+    assert len(reference) == 16 + 1 + 10
+    assert is_log_reference(reference)
+    assert not is_log_reference(session_id)
+    # A short ID is never kept whole (at most half of it, and the mode).
+    assert log_reference("cs_test_abc").startswith("cs_test_-")
+    # Whole IDs in a message or traceback become references; cut-short forms stay.
+    assert scrub(f"no such session: {session_id}!") == f"no such session: {reference}!"
+    assert scrub(f"{session_id[:16]}… and {reference}") == f"{session_id[:16]}… and {reference}"

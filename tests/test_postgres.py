@@ -146,7 +146,7 @@ def test_database_outage_gets_503_then_everything_is_fulfilled_once(
                 ]
         assert readiness == [503, 503]
         assert page.status_code == 503
-        assert "refresh this page in a minute" in page.text
+        assert "Please try again in a moment" in page.text
         assert ready_again == [200, 200]
         attempts = shop.get("/_emulator/deliveries")["attempts"]
         assert any(a["status"] == 503 for a in attempts), "refused while the database was away"

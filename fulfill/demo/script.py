@@ -12,6 +12,7 @@ line item performed exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sys
 import threading
@@ -32,6 +33,7 @@ from fulfill.demo.runner import DEMO_KEY, Demo, free_port, running_demo
 from fulfill.demo.samples import Listed
 from fulfill.outbox import letters
 from fulfill.pages import money
+from fulfill.store import Store
 
 BIG_ORDER = 25
 CUSTOMER = {"email": "jenny.rosen@example.com", "name": "Jenny Rosen"}
@@ -119,12 +121,27 @@ class Customer:
         return page.text
 
     def record(self, purchase: Purchase) -> dict[str, Any]:
+        """The landing page's JSON: the customer's view, with the status."""
         answer = self.client.get(purchase.landing_url, headers={"Accept": "application/json"})
         record: dict[str, Any] = answer.json()
         purchase.record = record
         return record
 
+    def stored(self, session_id: str) -> dict[str, Any]:
+        """The whole record, as an operator sees it (line items, results), from the database."""
+
+        async def read() -> dict[str, Any]:
+            store = await Store.open(self.demo.settings.database_url, migrate=False, pool_size=1)
+            try:
+                record = await store.get(session_id)
+            finally:
+                await store.close()
+            return {} if record is None else record.as_json()
+
+        return asyncio.run(read())
+
     def wait_until(self, purchase: Purchase, status: str, timeout: float = 30) -> None:
+        """Visit the landing page until it shows ``status``; then keep the whole record."""
         deadline = time.monotonic() + timeout
         while self.record(purchase).get("status") != status:
             if time.monotonic() > deadline:
@@ -132,6 +149,7 @@ class Customer:
                     f"{purchase.scenario}: still {purchase.record.get('status')} after {timeout} s"
                 )
             time.sleep(0.2)
+        purchase.record = self.stored(purchase.session_id)
 
 
 class Script:

@@ -93,7 +93,8 @@ class Mailer:
                 await self.send_due(session_id=session_id)
         except Exception as exc:
             # The worker's pass sends it later; the failure is recorded if it got that far.
-            log.warning("sending the emails of %s… failed: %s", session_id[:16], exc)
+            with logs.bound(session_id=session_id):
+                log.warning("sending the emails failed: %s", exc)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait for the sends in flight (at shutdown, in tests)."""
