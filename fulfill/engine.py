@@ -597,7 +597,8 @@ class Engine:
             try:
                 await self.fulfill_checkout(session_id, trigger="retry", wait=0, force=True)
             except FulfillError as exc:
-                log.warning("retry of %s… failed: %s", session_id[:16], exc.message)
+                with logs.bound(session_id=session_id):
+                    log.warning("retry failed: %s", exc.message)
         return len(due)
 
     async def drain(self, timeout: float = 30.0) -> None:
