@@ -50,11 +50,16 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    sender: str = ""  # the last part of the path, when it was POSTed to /hook/{sender}
 
 
 @dataclass
 class Receiver:
-    """A webhook receiver that records every request and answers ``status``."""
+    """A webhook receiver that records every request and answers ``status``.
+
+    It answers on ``/hook`` and on ``/hook/{sender}``: give each process its
+    own path, and every request says which one sent it.
+    """
 
     status: int = 200
     delay: float = 0.0
@@ -67,7 +72,8 @@ class Receiver:
         async def hook(request: Request) -> Response:
             body = await request.body()
             with self.lock:
-                self.received.append(Received(dict(request.headers), body, time.time()))
+                sender = request.path_params.get("sender", "")
+                self.received.append(Received(dict(request.headers), body, time.time(), sender))
                 failing = self.failures > 0
                 self.failures -= failing
             if self.delay:
@@ -79,7 +85,12 @@ class Receiver:
                 status_code=self.status,
             )
 
-        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/hook", hook, methods=["POST"]),
+                Route("/hook/{sender}", hook, methods=["POST"]),
+            ]
+        )
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         deadline = time.monotonic() + timeout
