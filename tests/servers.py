@@ -62,7 +62,8 @@ class Receiver:
     """
 
     status: int = 200
-    delay: float = 0.0
+    delay: float = 0.0  # seconds before answering, cut short if the sender has gone
+    delays: list[float] = field(default_factory=list)  # the n-th request's, instead of ``delay``
     failures: int = 0  # answer 500 to this many requests first
     received: list[Received] = field(default_factory=list)
     url: str = ""
@@ -72,12 +73,13 @@ class Receiver:
         async def hook(request: Request) -> Response:
             body = await request.body()
             with self.lock:
+                n = len(self.received)
+                delay = self.delays[n] if n < len(self.delays) else self.delay
                 sender = request.path_params.get("sender", "")
                 self.received.append(Received(dict(request.headers), body, time.time(), sender))
                 failing = self.failures > 0
                 self.failures -= failing
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            await _hold(request, delay)
             if failing:
                 return JSONResponse({"error": "try again"}, status_code=500)
             return JSONResponse(
@@ -100,3 +102,16 @@ class Receiver:
                     return list(self.received)
             time.sleep(0.01)
         raise AssertionError(f"expected {count} requests, got {len(self.received)}")
+
+
+async def _hold(request: Request, seconds: float) -> None:
+    """Wait ``seconds`` before answering, or less once the sender has gone.
+
+    A sender that timed out or was killed hears no answer; holding on would
+    only keep the server from stopping at the end of the test.
+    """
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(min(left, 0.05))
