@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +79,15 @@ def start_instance(
 
 
 @contextmanager
-def instances(env: dict[str, str], folder: Path, count: int) -> Iterator[list[Instance]]:
+def instances(
+    env: dict[str, str], folder: Path, count: int, overrides: Sequence[dict[str, str]] = ()
+) -> Iterator[list[Instance]]:
+    """``count`` instances of ``env``; the n-th with ``overrides[n]`` on top, if given."""
     started: list[Instance] = []
     try:
         for n in range(count):
-            started.append(start_instance(env, folder / f"instance{n}.log"))
+            own = overrides[n] if n < len(overrides) else {}
+            started.append(start_instance({**env, **own}, folder / f"instance{n}.log"))
         yield started
     finally:
         for instance in started:

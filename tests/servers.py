@@ -55,14 +55,20 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    sender: str = ""  # the last part of the path, when it was POSTed to /hook/{sender}
 
 
 @dataclass
 class Receiver:
-    """A webhook receiver that records every request and answers ``status``."""
+    """A webhook receiver that records every request and answers ``status``.
+
+    It answers on ``/hook`` and on ``/hook/{sender}``: give each process its
+    own path, and every request says which one sent it.
+    """
 
     status: int = 200
-    delay: float = 0.0
+    delay: float = 0.0  # seconds before answering, cut short if the sender has gone
+    delays: list[float] = field(default_factory=list)  # the n-th request's, instead of ``delay``
     failures: int = 0  # answer 500 to this many requests first
     received: list[Received] = field(default_factory=list)
     url: str = ""
@@ -72,11 +78,13 @@ class Receiver:
         async def hook(request: Request) -> Response:
             body = await request.body()
             with self.lock:
-                self.received.append(Received(dict(request.headers), body, time.time()))
+                n = len(self.received)
+                delay = self.delays[n] if n < len(self.delays) else self.delay
+                sender = request.path_params.get("sender", "")
+                self.received.append(Received(dict(request.headers), body, time.time(), sender))
                 failing = self.failures > 0
                 self.failures -= failing
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            await _hold(request, delay)
             if failing:
                 return JSONResponse({"error": "try again"}, status_code=500)
             return JSONResponse(
@@ -84,7 +92,12 @@ class Receiver:
                 status_code=self.status,
             )
 
-        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/hook", hook, methods=["POST"]),
+                Route("/hook/{sender}", hook, methods=["POST"]),
+            ]
+        )
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         deadline = time.monotonic() + timeout
@@ -94,3 +107,16 @@ class Receiver:
                     return list(self.received)
             time.sleep(0.01)
         raise AssertionError(f"expected {count} requests, got {len(self.received)}")
+
+
+async def _hold(request: Request, seconds: float) -> None:
+    """Wait ``seconds`` before answering, or less once the sender has gone.
+
+    A sender that timed out or was killed hears no answer; holding on would
+    only keep the server from stopping at the end of the test.
+    """
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(min(left, 0.05))

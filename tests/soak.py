@@ -15,18 +15,22 @@ Stripe emulator and lets a real ``fulfill serve`` process fulfill them, while
   the same port;
 - the server's own reconcile sweep runs through the same faults.
 
-The action of every product is a webhook to a merchant receiver that, like
-any real one, deduplicates by ``Idempotency-Key``. The soak then prints a
-table and exits non-zero unless nothing was missed and nothing was
-performed twice. Two counts are kept apart, honestly:
+The action of every product is a webhook to a merchant receiver that
+records every request it gets: each is a performance. The soak counts what
+the receiver saw, not what a receiver deduplicating by ``Idempotency-Key``
+would have kept (that would be one per key, whatever the service did):
 
-- raw repeats: a request with a key the receiver had already seen. The
-  service promises these only for an action in flight when its process
-  died (the next holder performs it again with the same key, SPEC §6); a
-  repeat whose first request was not before a kill that came before it is
-  a failure;
-- duplicates: performances a key-deduplicating receiver would accept twice,
-  i.e. one line item delivered under two keys. Must be 0.
+- repeats: performances of a line item beyond its first;
+- of which in flight at a kill: the design allows a repeat only of an
+  action in flight when its process died (the next holder performs it again
+  with the same key, SPEC §6). Each start of the server sends to its own
+  path on the receiver, so every performance names the process that made
+  it; after each SIGKILL, before the next start, the soak reads which items
+  the database holds recorded ``done``. A repeat is explained when the
+  performance before it came from a killed server, the item was not
+  recorded done when that server died, and the repeat came from a later
+  server under the same key;
+- unexplained repeats: every other one. Must be 0, or the soak fails.
 
 Everything listens on 127.0.0.1; the run is bounded by ``time_limit``.
 ``tests/test_soak.py`` runs a 500-session version in ``make test``.
@@ -49,6 +53,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fulfill.records import ITEM_DONE
 from fulfill.store.database import create_engine
 from tests.processes import Instance, start_instance
 from tests.servers import free_port, serve_in_thread
@@ -107,6 +113,11 @@ class Receipt:
     session_id: str
     line_item_id: str
     at: float
+    server: int  # which start of the server sent it: 0, then 1 after the first kill, …
+
+    @property
+    def item(self) -> tuple[str, str]:
+        return (self.session_id, self.line_item_id)
 
 
 # -- the merchant's receiver ------------------------------------------------------------------
@@ -115,14 +126,14 @@ class Receipt:
 class MerchantReceiver:
     """The merchant's endpoint behind the webhook action.
 
-    It checks ``Fulfill-Signature`` and deduplicates by ``Idempotency-Key``
-    as SPEC §6 asks of a receiver: the first request with a key is performed;
-    a repeat gets the first answer again and performs nothing.
+    It checks ``Fulfill-Signature`` and records every signed request as a
+    performance, with the server that sent it (``/hook/{server}``): the soak
+    counts what a receiver sees, repeats included, not what one deduplicating
+    by ``Idempotency-Key`` would keep.
     """
 
     def __init__(self, seed: int) -> None:
         self.receipts: list[Receipt] = []
-        self.performed: dict[str, Receipt] = {}
         self.refused = 0
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
@@ -140,16 +151,16 @@ class MerchantReceiver:
                 str(item.get("session_id")),
                 str(item.get("line_item_id")),
                 time.time(),
+                request.path_params["server"],
             )
             with self.lock:
                 self.receipts.append(receipt)
-                self.performed.setdefault(receipt.key, receipt)
                 delay = self.rng.random() / 100
             # A merchant's system takes a moment: actions are in flight when a kill comes.
             await asyncio.sleep(delay)
             return JSONResponse({"message": f"Delivered {receipt.key[-8:]}"})
 
-        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+        return Starlette(routes=[Route("/hook/{server:int}", hook, methods=["POST"])])
 
 
 def _signed(body: bytes, header: str) -> bool:
@@ -210,12 +221,15 @@ class Run:
     config: SoakConfig
     emulator: str
     receiver: MerchantReceiver
+    receiver_url: str
     env: dict[str, str]
     port: int
     plans: dict[str, Plan] = field(default_factory=dict)
     line_items: dict[str, list[str]] = field(default_factory=dict)
     kill_times: list[float] = field(default_factory=list)
     ready_times: list[float] = field(default_factory=list)  # each start of the server, ready
+    # Each kill: the items the database held recorded done once the server was dead.
+    done_at_kills: list[set[tuple[str, str]]] = field(default_factory=list)
     visits: Counter[str] = field(default_factory=Counter)
     latency_hits: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -234,15 +248,24 @@ class Run:
     # -- the server --------------------------------------------------------------------------
 
     def start_server(self) -> None:
-        log = self.config.workdir / f"server-{len(self.logs)}.log"
+        server = len(self.logs)
+        log = self.config.workdir / f"server-{server}.log"
         self.logs.append(log)
-        self.instance = start_instance(self.env, log, port=self.port)
+        # Each start sends to its own path, so that every performance the
+        # receiver sees names the process that made it.
+        catalog_path = self.config.workdir / f"catalog-{server}.toml"
+        catalog_path.write_text(catalog(f"{self.receiver_url}/hook/{server}"))
+        env = {**self.env, "FULFILL_CATALOG": str(catalog_path)}
+        self.instance = start_instance(env, log, port=self.port)
         self.ready_times.append(time.time())
 
     def kill_server(self) -> None:
         assert self.instance is not None
         self.kill_times.append(time.time())
         self.instance.kill()
+        # Nothing runs until the next start: this is what the dead process
+        # left recorded done, and what it was performing that it was not.
+        self.done_at_kills.append(self.done_items())
 
     # -- setting up ----------------------------------------------------------------------------
 
@@ -434,20 +457,84 @@ class Run:
             self.control.post(path, json=body)
 
     def database_statuses(self) -> dict[str, str]:
-        return asyncio.run(_statuses(self.env["FULFILL_DATABASE_URL"]))
+        query = "SELECT session_id, status FROM fulfillments"
+        rows = asyncio.run(_rows(self.env["FULFILL_DATABASE_URL"], query))
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def done_items(self) -> set[tuple[str, str]]:
+        """The line items the database holds recorded ``done``."""
+        rows = asyncio.run(
+            _rows(
+                self.env["FULFILL_DATABASE_URL"],
+                "SELECT session_id, line_item_id FROM fulfillment_items WHERE status = :done",
+                {"done": ITEM_DONE},
+            )
+        )
+        return {(str(r[0]), str(r[1])) for r in rows}
 
 
-async def _statuses(database_url: str) -> dict[str, str]:
+async def _rows(
+    database_url: str, query: str, params: dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
     engine = create_engine(database_url, pool_size=1)
     try:
         async with engine.connect() as connection:
-            rows = await connection.execute(text("SELECT session_id, status FROM fulfillments"))
-            return {str(r[0]): str(r[1]) for r in rows}
+            return [tuple(row) for row in await connection.execute(text(query), params or {})]
     finally:
         await engine.dispose()
 
 
 # -- the report -------------------------------------------------------------------------------
+
+
+@dataclass
+class Repeats:
+    """The performances of each line item beyond its first, judged against the kills."""
+
+    explained: int  # in flight at a kill: performed again by a later server, as designed
+    unexplained: list[str]  # every other repeat, said in a line
+    in_flight: list[int]  # each kill: items the killed server performed but had not recorded done
+
+
+def judge_repeats(receipts: list[Receipt], done_at_kills: list[set[tuple[str, str]]]) -> Repeats:
+    """Explain each repeat by a kill that caught its item in flight, or say why it is not.
+
+    ``receipts`` are every performance the receiver saw, each naming its
+    server (the n-th start; server n was killed when n < len(done_at_kills)).
+    ``done_at_kills[n]`` holds the items the database had recorded done once
+    server n was dead. The design allows a repeat only of an action in flight
+    when its process died (docs/claims.md): the performance before it came
+    from a killed server that had not recorded the item done, and the repeat
+    from a later server, under the same ``Idempotency-Key``.
+    """
+    in_flight = [
+        {r.item for r in receipts if r.server == server} - done
+        for server, done in enumerate(done_at_kills)
+    ]
+    performances: dict[tuple[str, str], list[Receipt]] = {}
+    for receipt in sorted(receipts, key=lambda r: (r.server, r.at)):
+        performances.setdefault(receipt.item, []).append(receipt)
+    explained = 0
+    unexplained: list[str] = []
+    for item, seen in performances.items():
+        for before, again in pairwise(seen):
+            name = f"{item[0]}:{item[1]}"
+            if again.server == before.server:
+                why = f"performed twice by server {before.server}"
+            elif before.server >= len(in_flight):
+                why = f"performed by server {before.server}, never killed, then again"
+            elif item not in in_flight[before.server]:
+                why = f"recorded done when server {before.server} was killed, then performed again"
+            elif again.key != before.key:
+                why = f"performed again under another key ({before.key!r}, then {again.key!r})"
+            else:
+                explained += 1
+                continue
+            unexplained.append(
+                f"{name} {why} (by server {before.server} at {before.at:.3f}, "
+                f"by server {again.server} at {again.at:.3f})"
+            )
+    return Repeats(explained, unexplained, [len(items) for items in in_flight])
 
 
 @dataclass
@@ -461,11 +548,13 @@ class Report:
     faults: Counter[str]
     crashes: int
     downtimes: list[tuple[float, float]]  # each kill: seconds into the run, seconds down
+    performances: int  # every request the receiver got, correctly signed
     items_expected: int
     items_performed: int
-    raw_repeats: int
+    repeats: int  # performances of a line item beyond its first
     repeats_in_flight_at_a_kill: int
-    duplicates: int
+    repeats_unexplained: int
+    in_flight_at_kills: list[int]  # each kill: items in flight, performed but not recorded done
     missing: int
     performed_unpaid: int
     unexpected: int
@@ -477,14 +566,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def repeats_unexplained(self) -> int:
-        return self.raw_repeats - self.repeats_in_flight_at_a_kill
-
-    @property
     def passed(self) -> bool:
         return (
             self.sessions == self.sessions_planned
-            and self.duplicates == 0
             and self.missing == 0
             and self.repeats_unexplained == 0
             and self.performed_unpaid == 0
@@ -497,6 +581,8 @@ class Report:
         def counts(counter: Counter[str]) -> str:
             return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
 
+        in_flight = sum(self.in_flight_at_kills)
+        each_kill = ", ".join(map(str, self.in_flight_at_kills)) or "no kill"
         return [
             ("sessions", f"{self.sessions} of {self.sessions_planned} ({counts(self.outcomes)})"),
             (
@@ -514,17 +600,18 @@ class Report:
                     f"; at {at:.0f} s, back {down:.1f} s later" for at, down in self.downtimes
                 ),
             ),
-            ("items to perform", str(self.items_expected)),
-            ("items performed", str(self.items_performed)),
+            ("performances (requests received)", str(self.performances)),
+            ("line items performed", f"{self.items_performed} of {self.items_expected}"),
+            ("repeats (an item again)", str(self.repeats)),
             (
-                "raw repeats (same key)",
-                f"{self.raw_repeats} ({self.repeats_in_flight_at_a_kill} in flight at a kill, "
-                f"{self.repeats_unexplained} otherwise: must be 0)",
+                "of which in flight at a kill",
+                f"{self.repeats_in_flight_at_a_kill} (of {in_flight} items the killed servers "
+                f"were performing, not recorded done: {each_kill})",
             ),
-            ("duplicates after dedupe", f"{self.duplicates} (must be 0)"),
+            ("unexplained repeats", f"{self.repeats_unexplained} (must be 0)"),
             ("missing", f"{self.missing} (must be 0)"),
-            ("performed for unpaid sessions", str(self.performed_unpaid)),
-            ("performed outside any session", str(self.unexpected)),
+            ("performed for unpaid sessions", f"{self.performed_unpaid} (must be 0)"),
+            ("performed outside any session", f"{self.unexpected} (must be 0)"),
             ("sessions fulfilled", f"{self.sessions_fulfilled} of {self.sessions_payable}"),
             (
                 "failed payments recorded",
@@ -548,51 +635,23 @@ def report(run: Run, statuses: dict[str, str], seconds: float) -> Report:
     with receiver.lock:
         receipts = list(receiver.receipts)
     expected = {
-        f"{session_id}:{item}": session_id
+        (session_id, item)
         for session_id, plan in run.plans.items()
         if plan.payable
         for item in run.line_items[session_id]
     }
     unpaid = {s for s, plan in run.plans.items() if not plan.payable}
-    # A repeat is one the service promises (SPEC §6) when its first request
-    # came from a killed server with the action in flight, and the repeat
-    # after the kill. The killed server sent the first request before it
-    # died, at most the action's timeout before; the receiver, a thread of
-    # this process, may stamp it a moment after the kill, but before the next
-    # server was ready (nothing else was running to send it).
-    windows = [
-        (
-            kill - ACTION_TIMEOUT,
-            run.ready_times[n + 1] if n + 1 < len(run.ready_times) else kill,
-            kill,
-        )
-        for n, kill in enumerate(run.kill_times)
-    ]
-    first: dict[str, Receipt] = {}
-    in_flight = 0
-    unexplained: list[tuple[Receipt, Receipt]] = []
-    for receipt in sorted(receipts, key=lambda r: r.at):
-        seen = first.get(receipt.key)
-        if seen is None:
-            first[receipt.key] = receipt
-        elif any(
-            start <= seen.at <= ready and kill <= receipt.at for start, ready, kill in windows
-        ):
-            in_flight += 1
-        else:
-            unexplained.append((seen, receipt))
-    times = {"kills": run.kill_times, "ready": run.ready_times}
+    performed = {r.item for r in receipts}
+    repeats = judge_repeats(receipts, run.done_at_kills)
+    times = {
+        "kills": run.kill_times,
+        "ready": run.ready_times,
+        "in_flight_at_kills": repeats.in_flight,
+    }
     (run.config.workdir / "kills.json").write_text(json.dumps(times))
     with (run.config.workdir / "receipts.jsonl").open("w") as out:
         for receipt in receipts:
             out.write(json.dumps(receipt.__dict__) + "\n")
-    # What a key-deduplicating receiver accepted: one performance per key. A
-    # line item accepted under two keys would be performed twice.
-    keys_per_item: dict[tuple[str, str], set[str]] = {}
-    for receipt in first.values():
-        keys_per_item.setdefault((receipt.session_id, receipt.line_item_id), set()).add(receipt.key)
-    duplicates = sum(len(keys) - 1 for keys in keys_per_item.values())
-    performed = set(first)
     attempts = run.control.get("/_emulator/deliveries").json()["attempts"]
     deliveries: Counter[str] = Counter(str(a["kind"]) for a in attempts)
     unacknowledged = sum(1 for a in attempts if a["status"] is None or not 200 <= a["status"] < 300)
@@ -618,28 +677,27 @@ def report(run: Run, statuses: dict[str, str], seconds: float) -> Report:
         faults=faults,
         crashes=len(run.kill_times),
         downtimes=[
-            (kill - run.ready_times[0], ready - kill) for _, ready, kill in windows if ready > kill
+            (kill - run.ready_times[0], run.ready_times[n + 1] - kill)
+            for n, kill in enumerate(run.kill_times)
+            if n + 1 < len(run.ready_times)
         ],
+        performances=len(receipts),
         items_expected=len(expected),
-        items_performed=len(performed & set(expected)),
-        raw_repeats=len(receipts) - len(first),
-        repeats_in_flight_at_a_kill=in_flight,
-        duplicates=duplicates,
-        missing=len(set(expected) - performed),
-        performed_unpaid=sum(1 for r in first.values() if r.session_id in unpaid),
-        unexpected=sum(
-            1 for key, r in first.items() if key not in expected and r.session_id not in unpaid
-        ),
+        items_performed=len(performed & expected),
+        repeats=len(receipts) - len(performed),
+        repeats_in_flight_at_a_kill=repeats.explained,
+        repeats_unexplained=len(repeats.unexplained),
+        in_flight_at_kills=repeats.in_flight,
+        missing=len(expected - performed),
+        performed_unpaid=sum(1 for session_id, _ in performed if session_id in unpaid),
+        unexpected=sum(1 for item in performed - expected if item[0] not in unpaid),
         sessions_fulfilled=sum(1 for s in payable if statuses.get(s) == "fulfilled"),
         sessions_payable=len(payable),
         payment_failed_recorded=sum(1 for s in unpaid if statuses.get(s) == "payment_failed"),
         seconds=seconds,
         sessions_planned=run.config.sessions,
     )
-    for seen, again in unexplained[:10]:
-        result.notes.append(
-            f"repeated with no kill between: {again.key} at {seen.at:.3f} and {again.at:.3f}"
-        )
+    result.notes += [f"unexplained repeat: {line}" for line in repeats.unexplained[:10]]
     if receiver.refused:
         result.notes.append(f"the receiver refused {receiver.refused} badly signed requests")
     return result
@@ -662,8 +720,6 @@ def run_soak(config: SoakConfig, *, echo: bool = True) -> Report:
         serve_in_thread(receiver.app()) as receiver_url,
         emulator_process(config.workdir) as emulator,
     ):
-        catalog_path = config.workdir / "catalog.toml"
-        catalog_path.write_text(catalog(f"{receiver_url}/hook"))
         port = free_port()
         database_url = config.database_url or f"sqlite:///{config.workdir / 'soak.db'}"
         env = {
@@ -671,7 +727,6 @@ def run_soak(config: SoakConfig, *, echo: bool = True) -> Report:
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "STRIPE_API_BASE": emulator,
             "FULFILL_DATABASE_URL": database_url,
-            "FULFILL_CATALOG": str(catalog_path),
             "FULFILL_INLINE_BUDGET": str(config.inline_budget),
             "FULFILL_LEASE_SECONDS": "10",
             "FULFILL_RETRY_BASE": "1",
@@ -683,7 +738,7 @@ def run_soak(config: SoakConfig, *, echo: bool = True) -> Report:
             "FULFILL_LOOKUPS_PER_CLIENT": "1000000",
             "FULFILL_LOOKUPS_PER_SECOND": "1000000",
         }
-        run = Run(config, emulator, receiver, env, port)
+        run = Run(config, emulator, receiver, receiver_url, env, port)
         try:
             return _drive(run, say)
         finally:

@@ -119,12 +119,12 @@ def test_latency_delays_the_matching_calls(emulator_server: EmulatorServer) -> N
     started = time.monotonic()
     client.v1.checkout.sessions.retrieve(sid)
     slow = time.monotonic() - started
-    started = time.monotonic()
-    client.v1.checkout.sessions.retrieve(sid)
-    fast = time.monotonic() - started
 
     assert slow >= 0.4
-    assert fast < 0.4
+    # Used up by that one call, so no later call waits. (Timing the next call
+    # against 0.4 s would fail whenever the machine is busy.)
+    assert emulator_server.get("/_emulator/faults")["data"] == []
+    client.v1.checkout.sessions.retrieve(sid)
 
 
 async def test_latency_with_an_error_delays_then_fails(emulator_server: EmulatorServer) -> None:

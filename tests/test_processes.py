@@ -122,7 +122,9 @@ def test_sigkill_mid_action_resumes_without_repeating_done_items(
     tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
 ) -> None:
     shop = emulator_server
-    receiver.delay = 1.0
+    # Item 1 takes a second (the landing visit below gives up before); item 2
+    # is held until the kill, however long the test takes to get there.
+    receiver.delays = [1.0, 60.0]
     env = service_env(tmp_path, shop, receiver, FULFILL_LEASE_SECONDS="2")
     prices = [shop.price(f"P{n}", product_metadata=HOOK_METADATA) for n in range(3)]
     session = shop.session([(p, 1) for p in prices])
