@@ -68,8 +68,9 @@ class Metrics:
         )
         self.reconcile_sessions = Counter(
             "fulfill_reconcile_sessions",
-            "Sessions seen by reconcile sweeps, by what was done "
-            "(fulfilled, already, skipped, error)",
+            "Sessions seen by reconcile sweeps, by what was done (fulfilled: a lost "
+            "webhook; already, unpaid, in_progress, retry_scheduled, waiting_for_operator: "
+            "left alone; error)",
             ["result"],
             registry=r,
         )

@@ -227,7 +227,10 @@ def retry(session_id: str | None, all_failed: bool, as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def reconcile(since: str, dry_run: bool, restart: bool, rate: float | None, as_json: bool) -> None:
-    """Fulfill every paid session created since then that is not fulfilled yet (resumable)."""
+    """Fulfill every paid session created since then that was never seen paid (resumable).
+
+    Failed sessions are left to the worker's retries or to `fulfill retry`.
+    """
     from fulfill.reconcile import Reconciler, Summary, parse_since
 
     window = parse_since(since)

@@ -2,10 +2,20 @@
 
 The day a webhook endpoint was down for six hours, Stripe's retries may or
 may not have caught up; reconcile does not wait to find out. It lists the
-complete sessions created since a moment (paged with ``starting_after``),
-skips what is already fulfilled (no call beyond the list), and hands every
-other paid session to ``fulfill_checkout`` — so it is exactly once with any
-webhook or landing visit racing it. Its own API calls stay under a rate well
+complete sessions created since a moment (paged with ``starting_after``)
+and fulfills the paid ones the service never saw paid: no record at all, or a
+record still ``awaiting_payment`` or ``payment_failed`` while Stripe now says
+paid. That is a lost webhook, and only that is counted ``fulfilled`` (the
+``WebhooksLost`` alert). Everything else is left to whoever holds it, and
+costs no call beyond the list: a fulfilled record; a ``pending`` or
+``fulfilling`` one (in the worker's hands); a ``failed`` one, whether its
+retry is scheduled (the worker's) or it waits for an operator (a permanent
+failure, or ``FULFILL_MAX_ATTEMPTS`` used up) — a sweep every 15 minutes that
+retried those would make the attempt limit meaningless and repeat, for 72
+hours, actions that can only fail. ``fulfill_checkout`` is called without
+``force``, so it is exactly once with any webhook or landing visit racing it,
+and a record that turned ``failed`` meanwhile is not retried either. Its own
+API calls stay under a rate well
 below Stripe's limits (25/s in test mode, 100/s live), it honours 429 and
 ``Retry-After``, and it checkpoints its cursor in the database so that an
 interrupted sweep resumes where it stopped.
@@ -28,7 +38,15 @@ from aiolimiter import AsyncLimiter
 from fulfill import logs
 from fulfill.engine import Engine, utcnow
 from fulfill.errors import FulfillError
-from fulfill.records import FULFILLED
+from fulfill.records import (
+    AWAITING_PAYMENT,
+    FAILED,
+    FULFILLED,
+    FULFILLING,
+    PAYMENT_FAILED,
+    PENDING,
+    FulfillmentRecord,
+)
 from fulfill.store.runs import ReconcileRun, Runs
 from fulfill.stripe_api import ListedSession, StripeApi, StripeUnavailable
 
@@ -40,6 +58,24 @@ DEFAULT_RATE = 10.0  # API calls per second: well under Stripe's 25/s test-mode 
 _SINCE_RE = re.compile(r"^([0-9]+)([mhd])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
 MAX_SINCE_DAYS = 30  # Stripe keeps listing sessions longer, but its events only 30 days
+
+# What a sweep made of each listed session: the ``result`` label of
+# fulfill_reconcile_sessions_total and the keys of the summary. A session the
+# sweep took up and did not fulfill is counted by the status it was left in
+# (``failed``, ``fulfilling``).
+FULFILLED_NOW = "fulfilled"  # a lost webhook: paid, never seen paid, fulfilled by the sweep
+WOULD_FULFILL = "would_fulfill"  # the same, in a dry run
+ALREADY = "already"
+UNPAID = "unpaid"
+IN_PROGRESS = "in_progress"  # pending or fulfilling: the worker's
+RETRY_SCHEDULED = "retry_scheduled"  # failed, next attempt set: the worker's
+WAITING_FOR_OPERATOR = "waiting_for_operator"  # failed for good, or out of attempts
+ERROR = "error"  # Stripe could not be asked
+
+PAID = ("paid", "no_payment_required")
+# Records whose paid session means a webhook went missing: the service knows
+# nothing of the payment having settled.
+NOT_SEEN_PAID = (AWAITING_PAYMENT, PAYMENT_FAILED)
 
 
 class ReconcileError(FulfillError):
@@ -58,6 +94,26 @@ def parse_since(text: str) -> timedelta:
     if seconds <= 0 or seconds > MAX_SINCE_DAYS * 86400:
         raise ReconcileError(f"--since must be between 1m and {MAX_SINCE_DAYS}d")
     return timedelta(seconds=seconds)
+
+
+def left_alone(record: FulfillmentRecord | None, payment_status: str) -> str | None:
+    """Why a sweep leaves a listed session alone (its result), or None: the sweep's to fulfill.
+
+    Only a paid session the service has no record of, or has not seen paid,
+    is the sweep's. A failed record is never retried here: its retry is the
+    worker's (``next_attempt_at`` set) or an operator's (``NULL``).
+    """
+    if record is not None and record.status == FULFILLED:
+        return ALREADY
+    if payment_status not in PAID:
+        return UNPAID
+    if record is None or record.status in NOT_SEEN_PAID:
+        return None
+    if record.status == FAILED:
+        return WAITING_FOR_OPERATOR if record.next_attempt_at is None else RETRY_SCHEDULED
+    if record.status in (PENDING, FULFILLING):
+        return IN_PROGRESS
+    return record.status  # expired: final, whatever the list says
 
 
 @dataclass
@@ -157,22 +213,23 @@ class Reconciler:
 
     async def _one(self, listed: ListedSession, dry_run: bool, summary: Summary) -> str:
         with logs.bound(session_id=listed.id):
-            status = await self.engine.store.status_of(listed.id)
-            if status == FULFILLED:
-                return "already"
-            if listed.payment_status not in ("paid", "no_payment_required"):
-                return "unpaid"
+            known = await self.engine.store.get(listed.id)
+            result = left_alone(known, listed.payment_status)
+            if result is not None:
+                return result
             if dry_run:
-                return "would_fulfill"
+                return WOULD_FULFILL
             try:
+                # No force: a record that failed since it was read above is
+                # the worker's or an operator's, as in left_alone.
                 record = await self._call(
-                    lambda: self.engine.fulfill_checkout(listed.id, trigger="reconcile", force=True)
+                    lambda: self.engine.fulfill_checkout(listed.id, trigger="reconcile")
                 )
             except FulfillError as exc:
                 summary.errors.append(f"{listed.id}: {exc.message}")
                 log.warning("reconcile could not fulfill: %s", exc.message)
-                return "error"
-            return "fulfilled" if record.status == FULFILLED else record.status
+                return ERROR
+            return FULFILLED_NOW if record.status == FULFILLED else record.status
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         """One rate-limited API call, made again while Stripe fails in a way that passes.

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from fulfill.actions.base import ActionError, ItemContext
+from fulfill.actions.base import ActionError, ItemContext, PermanentActionError
 
 NOT_CALLABLE = 42
 
@@ -62,3 +62,13 @@ def raises_action_error(item: ItemContext) -> dict[str, Any]:
 def wait_for_loop(item: ItemContext) -> dict[str, Any]:
     """Blocks until the event loop sets the flag: deadlocks (times out) if run on the loop."""
     return {"released": loop_may_go_on.wait(timeout=5)}
+
+
+# The sessions ``refuses_for_good`` was called for, in order (a test clears it first).
+refused: list[str] = []
+
+
+def refuses_for_good(item: ItemContext) -> dict[str, Any]:
+    """An item no retry can deliver: counts each call, then fails for good."""
+    refused.append(item.session_id)
+    raise PermanentActionError("this item can never be delivered")

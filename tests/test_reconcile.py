@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from fulfill.cli import main
+from fulfill.config import load_settings
+from fulfill.engine import utcnow
 from fulfill.reconcile import ReconcileError, parse_since
-from tests.conftest import HOOK_METADATA, EmulatorServer, ServiceFactory
+from fulfill.records import MAY_REPLACE, PENDING
+from fulfill.service import Service
+from tests import python_callables
+from tests.conftest import HOOK_METADATA, TEST_KEY, EmulatorServer, ServiceFactory, hook_catalog
 from tests.servers import Receiver
 from tests.test_cli import env_for
 
@@ -184,3 +190,130 @@ def test_reconcile_racing_webhooks_and_landing_visits_is_exactly_once(
     counts = Counter(r.headers["idempotency-key"] for r in receiver.received)
     assert len(counts) == 60
     assert set(counts.values()) == {1}
+
+
+# -- what a sweep leaves alone ----------------------------------------------------------------
+
+LEFT_ALONE_CATALOG = """
+[[product]]
+name = "T-shirt"
+match = { metadata = { fulfill = "tshirt" } }
+action = "shipment"
+
+[[product]]
+name = "Never deliverable"
+match = { metadata = { fulfill = "refuse" } }
+action = "python"
+callable = "tests.python_callables:refuses_for_good"
+
+[[product]]
+name = "Licence"
+match = { metadata = { fulfill = "licence" } }
+action = "license"
+"""
+
+
+async def test_a_sweep_fulfills_lost_webhooks_and_leaves_failed_and_running_sessions_alone(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver, database_url: str
+) -> None:
+    """Only a session never seen paid is the sweep's; the rest are the worker's or an operator's.
+
+    Every sweep (every 15 minutes for 72 hours) used to force a retry of every
+    failed record: a failure no retry can cure was attempted again and again,
+    FULFILL_MAX_ATTEMPTS meant nothing, and each retry that happened to
+    succeed was counted ``fulfilled``, the count of lost webhooks.
+    """
+    shop = emulator_server
+    shop.post("/_emulator/webhooks", {"mode": "off"})
+    receiver.status = 500  # the merchant's system fails every hook
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(LEFT_ALONE_CATALOG + hook_catalog(receiver.url))
+    settings = load_settings(
+        env_file=None,
+        STRIPE_SECRET_KEY=TEST_KEY,
+        STRIPE_API_BASE=shop.url,
+        FULFILL_DATABASE_URL=database_url,
+        FULFILL_CATALOG=str(catalog),
+        FULFILL_MAX_ATTEMPTS=2,
+        FULFILL_RETRY_BASE=3600,  # a scheduled retry stays in the future for the whole test
+        FULFILL_MAIL="false",
+    )
+
+    def bought(tag: str, outcome: str = "paid") -> str:
+        session = shop.session([(shop.price(tag, product_metadata={"fulfill": tag}), 1)])
+        shop.complete(session.id, outcome)
+        return str(session.id)
+
+    no_address = bought("tshirt")  # a physical item, and Checkout collected no address
+    refused = bought("refuse")  # PermanentActionError
+    out_of_attempts = bought("hook")
+    retry_scheduled = bought("hook")
+    running = bought("licence")  # claimed by another instance, which is at work
+    never_seen = bought("licence")  # its webhook was lost
+    not_seen_settle = bought("licence", "delayed")  # seen unpaid; the settlement was lost
+    python_callables.refused.clear()
+
+    async def left_alone_before_the_sweeps(service: Service) -> None:
+        engine, store = service.engine, service.store
+        for session_id in (no_address, refused, out_of_attempts, retry_scheduled):
+            assert (await engine.fulfill_checkout(session_id, trigger="cli")).status == "failed"
+        # The second of FULFILL_MAX_ATTEMPTS: it now waits for an operator.
+        await engine.fulfill_checkout(out_of_attempts, trigger="cli", force=True)
+        assert (await engine.fulfill_checkout(not_seen_settle)).status == "awaiting_payment"
+        snapshot = await service.stripe.session(running)
+        await store.observe(snapshot, PENDING, MAY_REPLACE[PENDING], utcnow())
+        assert await store.claim(running, "another-instance", 3600, utcnow())
+
+    async def attempts(service: Service) -> dict[str, tuple[str, int]]:
+        records = [await service.store.get(s) for s in (no_address, refused, out_of_attempts)]
+        records += [await service.store.get(s) for s in (retry_scheduled, running)]
+        return {r.session_id: (r.status, r.attempts) for r in records if r is not None}
+
+    service = await Service.start(settings)
+    try:
+        await left_alone_before_the_sweeps(service)
+        shop.post(f"/_emulator/sessions/{not_seen_settle}/settle", {"result": "succeeded"})
+        before = await attempts(service)
+        assert before == {
+            no_address: ("failed", 1),
+            refused: ("failed", 1),
+            out_of_attempts: ("failed", 2),
+            retry_scheduled: ("failed", 1),
+            running: ("fulfilling", 1),
+        }
+        hooks_before = len(receiver.received)
+        shop.control.delete("/_emulator/requests")
+
+        first = await service.reconciler.sweep(timedelta(hours=1), restart=True)
+        second = await service.reconciler.sweep(timedelta(hours=1), restart=True)
+
+        left = {"waiting_for_operator": 3, "retry_scheduled": 1, "in_progress": 1}
+        assert first.results == {**left, "fulfilled": 2}
+        assert second.results == {**left, "already": 2}
+        assert await attempts(service) == before, "no attempt was made by a sweep"
+        assert python_callables.refused == [refused], "the action was not performed again"
+        assert len(receiver.received) == hooks_before
+        retrieved = {str(r["path"]) for r in api_requests(shop) if r["method"] == "GET"}
+        assert retrieved == {
+            "/v1/checkout/sessions",
+            f"/v1/checkout/sessions/{never_seen}",
+            f"/v1/checkout/sessions/{not_seen_settle}",
+        }, "sessions left alone cost no call beyond the list"
+        for session_id in (never_seen, not_seen_settle):
+            record = await service.store.get(session_id)
+            assert record is not None
+            assert (record.status, record.attempts) == ("fulfilled", 1)
+
+        def counted(result: str) -> float | None:
+            return service.engine.metrics.registry.get_sample_value(
+                "fulfill_reconcile_sessions_total", {"result": result}
+            )
+
+        # WebhooksLost fires on "fulfilled": the two lost webhooks, nothing else.
+        assert counted("fulfilled") == 2
+        assert counted("waiting_for_operator") == 6
+        assert counted("retry_scheduled") == 2
+        assert counted("in_progress") == 2
+        assert counted("failed") is None
+    finally:
+        await service.close()
