@@ -62,3 +62,22 @@ def raises_action_error(item: ItemContext) -> dict[str, Any]:
 def wait_for_loop(item: ItemContext) -> dict[str, Any]:
     """Blocks until the event loop sets the flag: deadlocks (times out) if run on the loop."""
     return {"released": loop_may_go_on.wait(timeout=5)}
+
+
+# Set by a test to let the calls of ``hang`` return; each call records its key first.
+release_hung = threading.Event()
+hung_keys: list[str] = []
+
+
+def hang(item: ItemContext) -> dict[str, Any]:
+    """A plain function stuck (on an API that never answers) until the test releases it."""
+    hung_keys.append(item.idempotency_key)
+    release_hung.wait(timeout=120)
+    return {"message": "released"}
+
+
+async def hang_async(item: ItemContext) -> dict[str, Any]:
+    """An async function awaiting something that never comes."""
+    hung_keys.append(item.idempotency_key)
+    await asyncio.Event().wait()
+    return {"message": "never"}
