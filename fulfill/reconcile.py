@@ -28,7 +28,7 @@ from aiolimiter import AsyncLimiter
 from fulfill import logs
 from fulfill.engine import Engine, utcnow
 from fulfill.errors import FulfillError
-from fulfill.records import FULFILLED
+from fulfill.records import FULFILLED, NOT_APPLICABLE
 from fulfill.store.runs import ReconcileRun, Runs
 from fulfill.stripe_api import ListedSession, StripeApi, StripeUnavailable
 
@@ -160,10 +160,13 @@ class Reconciler:
             status = await self.engine.store.status_of(listed.id)
             if status == FULFILLED:
                 return "already"
+            if status == NOT_APPLICABLE:
+                # Final (a setup session sold nothing): not worth a retrieve each sweep.
+                return NOT_APPLICABLE
             if listed.payment_status not in ("paid", "no_payment_required"):
                 return "unpaid"
             if dry_run:
-                return "would_fulfill"
+                return NOT_APPLICABLE if listed.mode == "setup" else "would_fulfill"
             try:
                 record = await self._call(
                     lambda: self.engine.fulfill_checkout(listed.id, trigger="reconcile", force=True)
