@@ -36,7 +36,14 @@ from fulfill.service import Service
 log = logging.getLogger("fulfill.admin")
 
 Status = Literal[
-    "pending", "awaiting_payment", "fulfilling", "fulfilled", "failed", "payment_failed", "expired"
+    "pending",
+    "awaiting_payment",
+    "fulfilling",
+    "fulfilled",
+    "failed",
+    "payment_failed",
+    "expired",
+    "not_applicable",
 ]
 assert set(Status.__args__) == set(STATUSES)  # type: ignore[attr-defined]
 

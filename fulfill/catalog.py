@@ -26,23 +26,28 @@ from urllib.parse import urlsplit
 
 from fulfill.errors import CatalogError, FulfillError
 
-# The fields every entry has, and the options of each action.
-COMMON_FIELDS = ("name", "match", "action")
+# The fields every entry has (``timeout`` optional), and the options of each action.
+COMMON_FIELDS = ("name", "match", "action", "timeout")
 ACTION_FIELDS: Mapping[str, tuple[str, ...]] = {
     "download": ("file", "link_ttl", "label"),
     "access": ("service", "url", "duration"),
     "license": ("format",),
     "shipment": (),
-    "webhook": ("url", "secret", "timeout"),
+    "webhook": ("url", "secret"),
     "python": ("callable",),
 }
 MATCH_KEYS = ("price", "product", "lookup_key", "metadata")
 
 DEFAULT_LINK_TTL = "7d"
 DEFAULT_LICENSE_FORMAT = "XXXX-XXXX-XXXX-XXXX"
+# How long one line item's action may take before it counts as failed (the
+# entry's ``timeout``). Without a bound, a hung callable would keep its
+# session ``fulfilling`` (its lease renewed by the heartbeat) until a restart.
+DEFAULT_ACTION_TIMEOUT = "30s"
+MAX_ACTION_TIMEOUT = 3600
+# A webhook's receiver should answer quickly and do slow work in the
+# background: a shorter default, and a lower limit, for its HTTP exchange.
 DEFAULT_WEBHOOK_TIMEOUT = "10s"
-# A webhook that takes longer than this would outlive the worker's claim on the
-# session; its receiver should answer quickly and do slow work in the background.
 MAX_WEBHOOK_TIMEOUT = 300
 
 _DURATION_RE = re.compile(r"^([0-9]+)([smhd])$")
@@ -210,7 +215,9 @@ class CatalogEntry:
 
     ``index`` counts from 1, as the error messages do. ``options`` holds only
     the action's own fields, normalised (see ``load_catalog``); it is left
-    out of ``repr`` because it may hold a webhook secret.
+    out of ``repr`` because it may hold a webhook secret. ``timeout`` is how
+    many seconds the action may take for one line item (``build_action``
+    enforces it); a ``webhook`` also bounds its HTTP exchange by it.
     """
 
     index: int
@@ -218,6 +225,7 @@ class CatalogEntry:
     match: ProductMatch
     action: str
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    timeout: float = float(parse_duration(DEFAULT_ACTION_TIMEOUT))
 
     @property
     def label(self) -> str:
@@ -372,8 +380,16 @@ class _EntryReader:
             "webhook": self.options_webhook,
             "python": self.options_python,
         }
+        timeout = self.timeout(action)
         options = readers[action]()
-        return CatalogEntry(self.index, self.name, match, action, options)
+        if action == "webhook":
+            options["timeout"] = timeout
+        return CatalogEntry(self.index, self.name, match, action, options, timeout)
+
+    def timeout(self, action: str) -> int:
+        if action == "webhook":
+            return self.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT, maximum=MAX_WEBHOOK_TIMEOUT)
+        return self.duration("timeout", DEFAULT_ACTION_TIMEOUT, maximum=MAX_ACTION_TIMEOUT)
 
     def check_fields(self, action: str) -> None:
         allowed = (*COMMON_FIELDS, *ACTION_FIELDS[action])
@@ -517,8 +533,7 @@ class _EntryReader:
                     "set it before starting"
                 )
             secret = value
-        timeout = self.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT, maximum=MAX_WEBHOOK_TIMEOUT)
-        return {"url": url, "secret": secret, "timeout": timeout}
+        return {"url": url, "secret": secret}
 
     def options_python(self) -> dict[str, Any]:
         spec = self.string("callable")

@@ -48,6 +48,7 @@ from fulfill.records import (
     FULFILLING,
     ITEM_DONE,
     MAY_REPLACE,
+    NOT_APPLICABLE,
     OPEN,
     PAYMENT_FAILED,
     PENDING,
@@ -331,9 +332,10 @@ class Engine:
         on tabs left open. Webhooks move the status at once (they are not
         throttled); a visit asks at most once per ``payment_check_seconds``,
         decided by a conditional write, so across all visitors and instances.
-        An expired session never becomes payable: it is never asked again.
+        An expired session never becomes payable, a setup session never has
+        anything to fulfill: neither is asked about again.
         """
-        if record.status == EXPIRED:
+        if record.status in (EXPIRED, NOT_APPLICABLE):
             return False
         if record.status not in (AWAITING_PAYMENT, PAYMENT_FAILED):
             return True

@@ -73,6 +73,11 @@ STATES: dict[str, tuple[str, str]] = {
         "The checkout was not completed in time and nothing was charged. "
         "You can return to the shop and start again.",
     ),
+    "not_applicable": (
+        "Your payment details are saved",
+        "This checkout saved a payment method for later; nothing was charged and there is "
+        "nothing to deliver. If you expected an order, please contact the shop.",
+    ),
     "open": (
         "Your checkout is not complete",
         "We have not received your payment for this order. If you meant to pay, "
@@ -90,8 +95,11 @@ BADGES: dict[str, tuple[str, str]] = {
     "failed": ("Paid · delivery delayed", "warn"),
     "payment_failed": ("Payment failed", "bad"),
     "expired": ("Expired", "bad"),
+    "not_applicable": ("Payment method saved", "ok"),
     "open": ("Not paid", ""),
 }
+# States whose order is, or will be, emailed: the page says where to.
+EMAILED = {"fulfilled", "fulfilling", "pending", "awaiting_payment", "failed", "payment_failed"}
 
 
 def item_badge(item_status: str, order_status: str, action: str | None = None) -> tuple[str, str]:
@@ -223,6 +231,7 @@ def render_record(request: Request, record: FulfillmentRecord) -> Response:
             if record.status == "awaiting_payment"
             else REFRESH_SECONDS
         ),
+        emailed=record.status in EMAILED,
     )
     return HTMLResponse(html, headers=PRIVATE_HEADERS)
 

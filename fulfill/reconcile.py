@@ -43,6 +43,7 @@ from fulfill.records import (
     FAILED,
     FULFILLED,
     FULFILLING,
+    NOT_APPLICABLE,
     PAYMENT_FAILED,
     PENDING,
     FulfillmentRecord,
@@ -218,7 +219,7 @@ class Reconciler:
             if result is not None:
                 return result
             if dry_run:
-                return WOULD_FULFILL
+                return NOT_APPLICABLE if listed.mode == "setup" else WOULD_FULFILL
             try:
                 # No force: a record that failed since it was read above is
                 # the worker's or an operator's, as in left_alone.

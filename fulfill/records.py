@@ -30,7 +30,19 @@ PAYMENT_FAILED = "payment_failed"
 EXPIRED = "expired"
 PENDING = "pending"  # recorded and paid, not yet claimed
 OPEN = "open"
-STATUSES = (PENDING, AWAITING_PAYMENT, FULFILLING, FULFILLED, FAILED, PAYMENT_FAILED, EXPIRED)
+# A complete session that sold nothing: a setup-mode session only saves a
+# payment method (no line items, no charge). Final; never emailed.
+NOT_APPLICABLE = "not_applicable"
+STATUSES = (
+    PENDING,
+    AWAITING_PAYMENT,
+    FULFILLING,
+    FULFILLED,
+    FAILED,
+    PAYMENT_FAILED,
+    EXPIRED,
+    NOT_APPLICABLE,
+)
 
 ITEM_PENDING = "pending"
 ITEM_DONE = "done"
@@ -125,8 +137,8 @@ class SessionSnapshot:
 
     @property
     def payable(self) -> bool:
-        """Complete and paid (or nothing to pay): the only sessions fulfilled."""
-        return self.status == "complete" and self.payment_status in ("paid", "no_payment_required")
+        """Complete and paid (or nothing to pay) and selling something: the only ones fulfilled."""
+        return status_for(self) == PENDING
 
 
 def _plain(value: Any) -> Any:
@@ -227,13 +239,20 @@ def status_for(snapshot: SessionSnapshot) -> str:
     """The record status a freshly read session calls for, before any claim.
 
     ``open`` is not fulfilled and not stored; ``expired`` is final; a complete
-    session that is ``unpaid`` waits for its delayed payment (never fulfilled
-    early); ``paid`` and ``no_payment_required`` go on to be claimed.
+    ``setup`` session saved a payment method and sold nothing, so it is
+    ``not_applicable`` (its ``payment_status`` is ``no_payment_required``, like
+    a free order's, so the mode decides); a complete session that is
+    ``unpaid`` waits for its delayed payment (never fulfilled early); ``paid``
+    and ``no_payment_required`` go on to be claimed, in ``payment`` and
+    ``subscription`` mode alike (a subscription's first invoice is its order).
+    https://docs.stripe.com/payments/checkout/save-and-reuse
     """
     if snapshot.status == "expired":
         return EXPIRED
     if snapshot.status != "complete":
         return OPEN
+    if snapshot.mode == "setup":
+        return NOT_APPLICABLE
     if snapshot.payment_status in ("paid", "no_payment_required"):
         return PENDING
     return AWAITING_PAYMENT
@@ -247,6 +266,9 @@ MAY_REPLACE: dict[str, frozenset[str]] = {
     PAYMENT_FAILED: frozenset({AWAITING_PAYMENT, PAYMENT_FAILED}),
     EXPIRED: frozenset({AWAITING_PAYMENT, EXPIRED}),
     PENDING: frozenset({AWAITING_PAYMENT, PAYMENT_FAILED, PENDING}),
+    # A setup session recorded pending before this status existed (and not
+    # yet claimed) is put right when next read; a fulfilled one stays.
+    NOT_APPLICABLE: frozenset({PENDING, NOT_APPLICABLE}),
 }
 
 

@@ -124,6 +124,7 @@ class ListedSession:
     created: int
     payment_status: str
     livemode: bool
+    mode: str = "payment"
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,7 @@ class StripeApi:
                     created=int(s.created),
                     payment_status=str(s.payment_status),
                     livemode=bool(s.livemode),
+                    mode=str(getattr(s, "mode", None) or "payment"),
                 )
                 for s in page.data
             ],

@@ -72,3 +72,22 @@ def refuses_for_good(item: ItemContext) -> dict[str, Any]:
     """An item no retry can deliver: counts each call, then fails for good."""
     refused.append(item.session_id)
     raise PermanentActionError("this item can never be delivered")
+
+
+# Set by a test to let the calls of ``hang`` return; each call records its key first.
+release_hung = threading.Event()
+hung_keys: list[str] = []
+
+
+def hang(item: ItemContext) -> dict[str, Any]:
+    """A plain function stuck (on an API that never answers) until the test releases it."""
+    hung_keys.append(item.idempotency_key)
+    release_hung.wait(timeout=120)
+    return {"message": "released"}
+
+
+async def hang_async(item: ItemContext) -> dict[str, Any]:
+    """An async function awaiting something that never comes."""
+    hung_keys.append(item.idempotency_key)
+    await asyncio.Event().wait()
+    return {"message": "never"}

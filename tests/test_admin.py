@@ -106,13 +106,18 @@ def test_records_in_every_status_are_listed_filtered_and_shown(
     abandoned = shop.session([(hook_price, 1)])
     shop.stripe().v1.checkout.sessions.expire(abandoned.id)
     sessions["expired"] = abandoned.id
+    card = shop.stripe().v1.checkout.sessions.create(
+        {"mode": "setup", "currency": "eur", "success_url": "http://shop.test/saved"}
+    )
+    shop.complete(card.id)
+    sessions["not_applicable"] = card.id
     # Recorded and not yet claimed, and claimed under a live lease: written as
     # the engine writes them, since neither lasts long enough to catch otherwise.
     pending, fulfilling = write_records(database_url, ["pending", "fulfilling"], start=utcnow())
     sessions["pending"], sessions["fulfilling"] = pending, fulfilling
     assert set(sessions) == set(STATUSES)
 
-    for status in ("fulfilled", "failed", "awaiting_payment", "payment_failed"):
+    for status in ("fulfilled", "failed", "awaiting_payment", "payment_failed", "not_applicable"):
         wait_status(service, sessions[status], status)
     until(
         lambda: api(service, "GET", f"/fulfillments/{abandoned.id}").status_code == 200,

@@ -504,6 +504,53 @@ def test_action_option_errors(tmp_path: Path, body: str, expected: str) -> None:
     assert error_of(tmp_path, entry(body), {"EMPTY_SECRET": ""}) == expected
 
 
+TIMED = {
+    "download": DOWNLOAD + 'file = "book.pdf"\n',
+    "access": ACCESS + 'url = "https://learn.example.com"\nduration = "1d"\n',
+    "license": 'name = "Key"\nmatch = { price = "price_k" }\naction = "license"\n',
+    "shipment": 'name = "Shirt"\nmatch = { price = "price_s" }\naction = "shipment"\n',
+    "webhook": HOOK + 'url = "https://m.example/h"\nsecret = "s"\n',
+    "python": PYTHON + 'callable = "tests.python_callables:deliver"\n',
+}
+
+
+@pytest.mark.parametrize("action", sorted(TIMED))
+@pytest.mark.usefixtures("clean_imports")
+def test_every_action_takes_a_timeout(tmp_path: Path, action: str) -> None:
+    (tmp_path / "book.pdf").write_bytes(b"%PDF-1.4\n")
+    default = load_catalog(write(tmp_path, entry(TIMED[action])), {}).entries[1]
+    # A webhook's receiver should answer quickly: 10 s unless told; 30 s for the rest.
+    assert default.timeout == (10 if action == "webhook" else 30)
+    timed = load_catalog(write(tmp_path, entry(TIMED[action] + 'timeout = "2m"')), {}).entries[1]
+    assert timed.timeout == 120
+    if action == "webhook":
+        assert timed.options["timeout"] == 120  # its HTTP exchange, bounded by the same value
+    else:
+        assert "timeout" not in timed.options
+
+
+@pytest.mark.parametrize(
+    ("action", "value", "problem"),
+    [
+        ("python", '"30"', "'30' is not a duration"),
+        ("python", "30", "must be a string, not a number"),
+        ("python", '"0s"', "must be longer than zero"),
+        ("python", '"2h"', "must be at most 3600 s, got '2h'"),
+        ("shipment", '""', "is empty"),
+        ("webhook", '"6m"', "must be at most 300 s, got '6m'"),
+    ],
+)
+@pytest.mark.usefixtures("clean_imports")
+def test_a_bad_timeout_names_the_file_entry_and_field(
+    tmp_path: Path, action: str, value: str, problem: str
+) -> None:
+    (tmp_path / "book.pdf").write_bytes(b"%PDF-1.4\n")
+    message = error_of(tmp_path, entry(TIMED[action] + f"timeout = {value}"))
+    name = TIMED[action].split('"')[1]
+    assert message.startswith(f'product #2 "{name}": field "timeout"')
+    assert problem in message
+
+
 def test_download_file_must_exist_relative_to_the_catalog(tmp_path: Path) -> None:
     (tmp_path / "files").mkdir()
     message = error_of(tmp_path, entry(DOWNLOAD + 'file = "files/handbok.pdf"'))

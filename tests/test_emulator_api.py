@@ -342,6 +342,88 @@ def test_a_zero_amount_session_needs_no_payment_whatever_is_asked(
     assert (session.status, session.payment_status) == ("complete", "no_payment_required")
 
 
+def test_a_setup_session_saves_a_card_and_charges_nothing(
+    emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    register(emulator_server, receiver)
+    client = emulator_server.stripe()
+    session = client.v1.checkout.sessions.create(
+        {"mode": "setup", "currency": "EUR", "success_url": "http://shop.test/saved"}
+    )
+    # As Stripe's: no amount, nothing to pay, a SetupIntent from the start.
+    assert (session.status, session.payment_status) == ("open", "no_payment_required")
+    assert (session.amount_total, session.amount_subtotal, session.currency) == (None, None, "eur")
+    assert str(session.setup_intent).startswith("seti_")
+    assert session.url is not None
+    page = emulator_server.control.get(session.url)
+    assert page.status_code == 200
+    assert "Save card" in page.text
+    paid = emulator_server.control.post(session.url, data={"outcome": "free"})
+    assert paid.status_code == 303
+
+    done = client.v1.checkout.sessions.retrieve(session.id, {"expand": ["line_items"]})
+    assert (done.status, done.payment_status, done.mode) == (
+        "complete",
+        "no_payment_required",
+        "setup",
+    )
+    assert done.setup_intent == session.setup_intent
+    assert done.payment_intent is None
+    assert done.line_items is not None
+    assert done.line_items.data == []
+    (delivered,) = receiver.wait_for(1)
+    event = payload(delivered)
+    assert event["type"] == "checkout.session.completed"
+    assert event["data"]["object"]["mode"] == "setup"
+    assert event["data"]["object"]["amount_total"] is None
+
+
+def test_setup_sessions_take_no_line_items_and_name_a_currency(
+    emulator_server: EmulatorServer,
+) -> None:
+    client = emulator_server.stripe()
+    base = {"mode": "setup", "success_url": "http://shop.test/saved"}
+    price = emulator_server.price()
+    for extra, param in (
+        ({"currency": "eur", "line_items": [{"price": price, "quantity": 1}]}, "line_items"),
+        ({}, "currency"),
+    ):
+        with pytest.raises(stripe.InvalidRequestError) as caught:
+            client.v1.checkout.sessions.create({**base, **extra})  # type: ignore[arg-type]
+        assert caught.value.param == param
+    card_only = client.v1.checkout.sessions.create({**base, "payment_method_types": ["card"]})  # type: ignore[arg-type]
+    assert card_only.currency is None
+
+
+def test_a_subscription_session_is_paid_through_its_first_invoice(
+    emulator_server: EmulatorServer,
+) -> None:
+    client = emulator_server.stripe()
+    monthly = emulator_server.price("Club", 900, recurring={"interval": "month"})
+    assert client.v1.prices.retrieve(monthly).type == "recurring"
+    session = emulator_server.session([(monthly, 1)], mode="subscription")
+    assert (session.amount_total, session.payment_status) == (900, "unpaid")
+    emulator_server.complete(session.id)
+    done = client.v1.checkout.sessions.retrieve(session.id)
+    assert (done.status, done.payment_status) == ("complete", "paid")
+    assert str(done.subscription).startswith("sub_")
+    assert str(done.invoice).startswith("in_")
+    assert str(done.customer).startswith("cus_")
+    assert done.payment_intent is None  # the invoice's, not the session's
+
+
+def test_each_mode_sells_only_its_kind_of_price(emulator_server: EmulatorServer) -> None:
+    one_time = emulator_server.price()
+    monthly = emulator_server.price("Club", 900, recurring={"interval": "month"})
+    for mode, price in (("subscription", one_time), ("payment", monthly)):
+        with pytest.raises(stripe.InvalidRequestError) as caught:
+            emulator_server.session([(price, 1)], mode=mode)
+        assert caught.value.param == "line_items", mode
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        emulator_server.price("Weird", 100, recurring={"interval": "fortnight"})
+    assert caught.value.param == "recurring[interval]"
+
+
 def test_transitions_only_from_the_right_state(emulator_server: EmulatorServer) -> None:
     price = emulator_server.price()
     sid = emulator_server.session([(price, 1)]).id

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from fulfill.config import load_settings
@@ -22,6 +23,7 @@ from tests.conftest import (
     ServiceFactory,
     ServiceServer,
     hook_catalog,
+    table_rows,
 )
 from tests.servers import Receiver
 
@@ -363,3 +365,64 @@ def test_visits_of_a_fulfilled_order_are_answered_from_memory(
 
 def retrieves_of(shop: EmulatorServer, session_id: str) -> int:
     return shop.requests_to(f"/v1/checkout/sessions/{session_id}")
+
+
+# -- Checkout modes -------------------------------------------------------------------
+
+
+def setup_session(shop: EmulatorServer) -> str:
+    """A ``mode=setup`` session (saving a card: no items, no charge), completed."""
+    session = shop.stripe().v1.checkout.sessions.create(
+        {"mode": "setup", "currency": "eur", "success_url": "http://shop.test/saved"}
+    )
+    shop.complete(session.id)
+    return str(session.id)
+
+
+@pytest.mark.parametrize("trigger", ["webhook", "landing"])
+def test_a_setup_session_is_not_applicable_performs_nothing_and_is_not_emailed(
+    service_factory: ServiceFactory, receiver: Receiver, database_url: str, trigger: str
+) -> None:
+    service = service_factory(webhooks=trigger == "webhook")
+    session_id = setup_session(service.shop)
+    if trigger == "webhook":
+        assert service.shop.get("/_emulator/webhooks/idle")["idle"]
+        (row,) = [r for r in table_rows(database_url, "fulfillments") if r[0] == session_id]
+        assert row[1] == "not_applicable"
+    record = service.landing(session_id).json()
+    assert record["status"] == "not_applicable"
+    assert record["mode"] == "setup"
+    assert record["payment_status"] == "no_payment_required"
+    assert record["items"] == []
+    assert record["triggers"][0].startswith(trigger)
+    page = service.landing(session_id, as_json=False)
+    assert page.status_code == 200
+    assert "Your payment details are saved" in page.text
+    assert "nothing was charged" in page.text
+    assert "your order is ready" not in page.text
+    assert "A confirmation goes to" not in page.text
+    assert 'http-equiv="refresh"' not in page.text
+    # Nothing performed, nothing queued to send, nothing written to the outbox.
+    assert table_rows(database_url, "fulfillment_items") == []
+    assert table_rows(database_url, "emails") == []
+    assert receiver.received == []
+    outbox = service.settings.mail_outbox
+    assert not outbox.exists() or list(outbox.iterdir()) == []
+
+
+def test_a_subscription_session_is_fulfilled_like_a_payment(
+    service_factory: ServiceFactory, receiver: Receiver, database_url: str
+) -> None:
+    service = service_factory()
+    monthly = service.shop.price(
+        "Club membership", 900, product_metadata=HOOK_METADATA, recurring={"interval": "month"}
+    )
+    session = service.shop.session([(monthly, 1)], mode="subscription")
+    service.shop.complete(session.id)
+    record = wait_status(service, session.id, "fulfilled")
+    assert record["mode"] == "subscription"
+    assert [i["status"] for i in record["items"]] == ["done"]
+    assert list(keys(receiver)) == [f"{session.id}:{record['items'][0]['line_item_id']}"]
+    assert "your order is ready" in service.landing(session.id, as_json=False).text
+    # Its email is queued with the status it reports.
+    assert [row for row in table_rows(database_url, "emails") if session.id in row]

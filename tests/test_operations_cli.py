@@ -357,3 +357,21 @@ def test_a_short_admin_token_is_refused_at_start(
     assert result.exit_code == 2
     assert "FULFILL_ADMIN_TOKEN: must be at least 24 characters" in result.output
     assert "short" not in result.output.replace("short ", "")
+
+
+def test_list_shows_setup_sessions_as_not_applicable(
+    service_factory: ServiceFactory, receiver: Receiver
+) -> None:
+    service = service_factory()
+    card = service.shop.stripe().v1.checkout.sessions.create(
+        {"mode": "setup", "currency": "eur", "success_url": "http://shop.test/saved"}
+    )
+    service.shop.complete(card.id)
+    wait_status(service, card.id, "not_applicable")
+    paid = service.paid_session()
+    wait_status(service, paid, "fulfilled")
+    env = env_of(service)
+    only = as_json(fulfill(env, "list", "--status", "not_applicable", "--json"))
+    assert [(r["session_id"], r["mode"], r["items"]) for r in only] == [(card.id, "setup", [])]
+    (line,) = [line for line in fulfill(env, "list").stdout.splitlines() if card.id in line]
+    assert "not_applicable" in line

@@ -111,6 +111,30 @@ def test_dry_run_changes_nothing(
     assert receiver.received == []
 
 
+def test_setup_sessions_are_recorded_once_and_never_fulfilled(
+    tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
+) -> None:
+    shop = emulator_server
+    shop.post("/_emulator/webhooks", {"mode": "off"})
+    card = shop.stripe().v1.checkout.sessions.create(
+        {"mode": "setup", "currency": "eur", "success_url": "http://shop.test/saved"}
+    )
+    shop.complete(card.id)
+    (order,) = paid(shop, 1)
+    env = env_for(tmp_path, shop, receiver)
+    assert reconcile(env, "--since", "1h", "--dry-run")["results"] == {
+        "would_fulfill": 1,
+        "not_applicable": 1,
+    }
+    assert reconcile(env, "--since", "1h")["results"] == {"fulfilled": 1, "not_applicable": 1}
+    assert [r.headers["idempotency-key"].split(":")[0] for r in receiver.received] == [order]
+    # Final: a later sweep does not ask Stripe about it again.
+    shop.control.delete("/_emulator/requests")
+    assert reconcile(env, "--since", "1h")["results"] == {"already": 1, "not_applicable": 1}
+    endpoints = {str(r["endpoint"]) for r in api_requests(shop)}
+    assert endpoints == {"GET /v1/checkout/sessions"}
+
+
 def test_rate_limit_is_waited_out(
     tmp_path: Path, emulator_server: EmulatorServer, receiver: Receiver
 ) -> None:

@@ -4,6 +4,7 @@
 action is one module and one line there. Every factory gets the entry (with
 its options checked by the catalog) and the shared dependencies in
 ``ActionDeps``, so a new dependency is a new field, not a new signature.
+Every action built is bounded by its entry's ``timeout`` (``TimedAction``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from datetime import datetime
 import httpx
 
 from fulfill.actions.access import AccessAction
-from fulfill.actions.base import Action, ActionError, ItemContext, PermanentActionError, utcnow
+from fulfill.actions.base import (
+    Action,
+    ActionError,
+    ItemContext,
+    PermanentActionError,
+    TimedAction,
+    utcnow,
+)
 from fulfill.actions.download import DownloadAction
 from fulfill.actions.license import LicenseAction
 from fulfill.actions.python import PythonAction
@@ -33,6 +41,7 @@ __all__ = [
     "ActionError",
     "ItemContext",
     "PermanentActionError",
+    "TimedAction",
     "build_action",
 ]
 
@@ -110,7 +119,10 @@ FACTORIES: dict[str, Callable[[CatalogEntry, ActionDeps], Action]] = {
 
 
 def build_action(entry: CatalogEntry, deps: ActionDeps) -> Action:
-    """The configured action for one catalog entry; ``FulfillError`` if it cannot be built."""
+    """The configured action for one catalog entry, bounded by its ``timeout``.
+
+    ``FulfillError`` if it cannot be built.
+    """
     factory = FACTORIES.get(entry.action)
     if factory is None:
         if entry.action in ACTION_FIELDS:
@@ -119,4 +131,6 @@ def build_action(entry: CatalogEntry, deps: ActionDeps) -> Action:
                 code="action_unavailable",
             )
         raise FulfillError(f'{entry.label}: unknown action "{entry.action}"', code="unknown_action")
-    return factory(entry, deps)
+    target = entry.options.get("callable") or entry.options.get("url")
+    what = f"{entry.action} action of {entry.label}" + (f" ({target})" if target else "")
+    return TimedAction(factory(entry, deps), entry.timeout, what)

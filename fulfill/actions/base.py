@@ -9,10 +9,16 @@ session ``failed`` and retries later with backoff.
 Every action gets the same idempotency key, ``{session_id}:{line_item_id}``,
 so that a side effect outside this service can be deduplicated by its
 receiver when a worker dies between performing an action and recording it.
+
+Every action is bounded in time (``TimedAction``, the catalog entry's
+``timeout``): one that does not finish fails like any other, so the session
+goes ``failed`` and is retried with backoff, instead of staying
+``fulfilling`` with its lease renewed for as long as the process lives.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,3 +81,33 @@ class Action(Protocol):
     async def perform(self, item: ItemContext) -> dict[str, Any]:
         """Fulfill one line item; return the result to keep (JSON-able)."""
         ...
+
+
+class TimedAction:
+    """An action that fails with ``ActionError`` when it takes longer than ``seconds``.
+
+    The action is cancelled at the deadline: an ``async`` one at its next
+    ``await``. What cannot be cancelled (a plain function's thread, see
+    ``fulfill.actions.python``) runs on, and its outcome is discarded; the
+    retry performs the item again with the same idempotency key.
+    """
+
+    def __init__(self, action: Action, seconds: float, what: str) -> None:
+        self.action = action
+        self.name = action.name
+        self.seconds = seconds
+        # Names it in the message: 'python action of product #3 "Thing" (my_shop:deliver)'.
+        self.what = what
+
+    async def perform(self, item: ItemContext) -> dict[str, Any]:
+        """Perform the wrapped action, within ``seconds``."""
+        deadline = asyncio.timeout(self.seconds)
+        try:
+            async with deadline:
+                return await self.action.perform(item)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the action's own TimeoutError, not ours
+            raise ActionError(
+                f'{self.what} timed out after {self.seconds:g} s (the catalog entry\'s "timeout")'
+            ) from None

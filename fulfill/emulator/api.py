@@ -176,7 +176,22 @@ PRICE_KEYS = (
     "active",
     "expand",
     "tax_behavior",
+    "recurring",
 )
+INTERVALS = ("day", "week", "month", "year")
+
+
+def _recurring(params: p.Params, prefix: str) -> Obj | None:
+    """A price's ``recurring[interval]`` and ``recurring[interval_count]``, if given."""
+    raw = p.get_hash(params, "recurring", prefix)
+    if raw is None:
+        return None
+    where = p.sub(prefix, "recurring")
+    p.check_keys(raw, ("interval", "interval_count", "usage_type"), where)
+    return {
+        "interval": p.get_choice(raw, "interval", INTERVALS, where, required=True),
+        "interval_count": p.get_int(raw, "interval_count", where, minimum=1, maximum=365),
+    }
 
 
 def _price_from(state: State, params: p.Params, prefix: str = "") -> Obj:
@@ -185,6 +200,7 @@ def _price_from(state: State, params: p.Params, prefix: str = "") -> Obj:
     if not re.fullmatch(r"[a-zA-Z]{3}", currency):
         raise invalid(p.sub(prefix, "currency"), f"Invalid currency: {currency}")
     amount = p.get_int(params, "unit_amount", prefix, required=True, minimum=0)
+    recurring = _recurring(params, prefix)
     product_id = p.get_str(params, "product", prefix)
     product_data = p.get_hash(params, "product_data", prefix)
     if product_id and product_data:
@@ -210,6 +226,7 @@ def _price_from(state: State, params: p.Params, prefix: str = "") -> Obj:
         nickname=p.get_str(params, "nickname", prefix),
         active=p.get_bool(params, "active", prefix) is not False,
         product_param=p.sub(prefix, "product"),
+        recurring=recurring,
     )
 
 
@@ -311,7 +328,15 @@ def _session_items(state: State, params: p.Params) -> list[tuple[str, int]]:
             data_prefix = f"{prefix}[price_data]"
             p.check_keys(
                 price_data,
-                ("currency", "unit_amount", "product", "product_data", "metadata", "tax_behavior"),
+                (
+                    "currency",
+                    "unit_amount",
+                    "product",
+                    "product_data",
+                    "metadata",
+                    "tax_behavior",
+                    "recurring",
+                ),
                 data_prefix,
             )
             price_id = _price_from(state, price_data, data_prefix)["id"]
@@ -340,8 +365,16 @@ async def create_session(request: Request, params: p.Params) -> Obj:
         if url and not re.match(r"^https?://", url):
             raise invalid(key, f"Not a valid URL: {key}")
     items = _session_items(state, params)
-    if mode == "payment" and not items:
-        raise missing_parameter("line_items")
+    _check_mode_items(state, mode or "payment", items)
+    currency = p.get_str(params, "currency")
+    if currency is not None and not re.fullmatch(r"[a-zA-Z]{3}", currency):
+        raise invalid("currency", f"Invalid currency: {currency}")
+    if mode == "setup" and currency is None and "payment_method_types" not in params:
+        # https://docs.stripe.com/api/checkout/sessions/create#create_checkout_session-currency
+        raise invalid(
+            "currency",
+            "`currency` is required in `setup` mode when `payment_method_types` is not set.",
+        )
     now = state.now()
     expires_at = p.get_int(params, "expires_at")
     if expires_at is not None and not (now + 30 * 60 <= expires_at <= now + 24 * 3600):
@@ -375,8 +408,36 @@ async def create_session(request: Request, params: p.Params) -> Obj:
         or ["card"],
         locale=p.get_str(params, "locale"),
         submit_type=p.get_str(params, "submit_type"),
+        currency=currency,
     )
     return state.render_session(session, expand, api_version(request))
+
+
+def _check_mode_items(state: State, mode: str, items: list[tuple[str, int]]) -> None:
+    """What each mode may sell, as Stripe checks it.
+
+    ``setup`` sells nothing (it saves a payment method); ``subscription``
+    needs a recurring price; ``payment`` takes one-time prices only.
+    """
+    recurring = [pid for pid, _ in items if state.prices[pid]["type"] == "recurring"]
+    if mode == "setup":
+        if items:
+            raise invalid("line_items", "You cannot pass `line_items` in `setup` mode.")
+        return
+    if not items:
+        raise missing_parameter("line_items")
+    if mode == "subscription" and not recurring:
+        raise invalid(
+            "line_items",
+            "You must provide at least one recurring price in `subscription` mode "
+            "when using prices.",
+        )
+    if mode == "payment" and recurring:
+        raise invalid(
+            "line_items",
+            "You specified `payment` mode but passed a recurring price. Either switch to "
+            "`subscription` mode or use only one-time prices.",
+        )
 
 
 def _session_id(request: Request) -> str:

@@ -116,7 +116,9 @@ class State:
         nickname: str | None = None,
         active: bool = True,
         product_param: str = "product",
+        recurring: Obj | None = None,
     ) -> Obj:
+        """A price; ``recurring`` (``{"interval", "interval_count"}``) makes it a subscription's."""
         if product not in self.products:
             raise missing("product", product, param=product_param)
         if lookup_key is not None:
@@ -141,11 +143,21 @@ class State:
             "metadata": metadata or {},
             "nickname": nickname,
             "product": product,
-            "recurring": None,
+            "recurring": (
+                {
+                    "interval": recurring["interval"],
+                    "interval_count": recurring.get("interval_count") or 1,
+                    "meter": None,
+                    "trial_period_days": None,
+                    "usage_type": "licensed",
+                }
+                if recurring
+                else None
+            ),
             "tax_behavior": "unspecified",
             "tiers_mode": None,
             "transform_quantity": None,
-            "type": "one_time",
+            "type": "recurring" if recurring else "one_time",
             "unit_amount": unit_amount,
             "unit_amount_decimal": str(unit_amount),
             "_seq": next(self._seq),
@@ -176,8 +188,15 @@ class State:
         payment_method_types: list[str],
         locale: str | None,
         submit_type: str | None,
+        currency: str | None = None,
     ) -> Obj:
-        """Create an ``open`` session for ``items`` (price ID, quantity) pairs."""
+        """Create an ``open`` session for ``items`` (price ID, quantity) pairs.
+
+        A ``setup`` session (no items) saves a payment method: it has no
+        amount, a SetupIntent from the start, and is ``no_payment_required``
+        throughout, as Stripe's are. ``payment`` and ``subscription`` sessions
+        are ``unpaid`` until completed; the items' currency is the session's.
+        """
         now = self.now()
         currencies = {self.prices[pid]["currency"] for pid, _ in items}
         if len(currencies) > 1:
@@ -185,7 +204,11 @@ class State:
                 "line_items",
                 "All line items must share one currency; got " + ", ".join(sorted(currencies)),
             )
-        currency = currencies.pop() if currencies else "usd"
+        setup = mode == "setup"
+        if currencies:
+            currency = currencies.pop()
+        elif not setup:
+            currency = currency or "usd"
         sid = new_id("cs_test_", 58)
         line_items: list[Obj] = []
         for pid, quantity in items:
@@ -208,7 +231,7 @@ class State:
                     "quantity": quantity,
                 }
             )
-        subtotal = sum(li["amount_subtotal"] for li in line_items)
+        subtotal: int | None = None if setup else sum(li["amount_subtotal"] for li in line_items)
         session: Obj = {
             "id": sid,
             "object": "checkout.session",
@@ -246,7 +269,7 @@ class State:
             "consent": None,
             "consent_collection": None,
             "created": now,
-            "currency": currency,
+            "currency": currency.lower() if currency else None,
             "currency_conversion": None,
             "custom_fields": [],
             "custom_text": {
@@ -288,12 +311,12 @@ class State:
             "payment_method_configuration_details": None,
             "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
             "payment_method_types": payment_method_types,
-            "payment_status": "unpaid",
+            "payment_status": "no_payment_required" if setup else "unpaid",
             "permissions": None,
             "phone_number_collection": {"enabled": False},
             "recovered_from": None,
             "saved_payment_method_options": None,
-            "setup_intent": None,
+            "setup_intent": new_id("seti_") if setup else None,
             "shipping_address_collection": (
                 {"allowed_countries": shipping_countries} if shipping_countries else None
             ),
@@ -304,7 +327,9 @@ class State:
             "subscription": None,
             "success_url": success_url,
             "return_url": return_url,
-            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+            "total_details": (
+                None if setup else {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}
+            ),
             "ui_mode": ui_mode,
             "url": f"{base_url.rstrip('/')}/c/pay/{sid}" if ui_mode == "hosted" else None,
             "wallet_options": None,
@@ -336,7 +361,10 @@ class State:
         ``paid``: a card; ``delayed``: a delayed method (complete, ``unpaid``,
         settled later); ``free``: an order of amount 0 (``no_payment_required``).
         A zero-amount session is ``no_payment_required`` whatever was asked,
-        as in Stripe.
+        as in Stripe, and so is a ``setup`` session (which only saves the
+        card: no charge, no PaymentIntent). A ``subscription`` session gets
+        its customer, subscription and first invoice; it is paid through the
+        invoice, so it has no PaymentIntent of its own.
         """
         session = self.get_session(sid)
         if session["status"] != "open":
@@ -373,10 +401,15 @@ class State:
             }
         session["status"] = "complete"
         session["url"] = None
+        if session["mode"] == "subscription":
+            session["customer"] = session["customer"] or new_id("cus_", 14)
+            session["subscription"] = new_id("sub_")
+            session["invoice"] = new_id("in_")
         if free:
             session["payment_status"] = "no_payment_required"
         else:
-            session["payment_intent"] = new_id("pi_")
+            if session["mode"] == "payment":
+                session["payment_intent"] = new_id("pi_")
             session["payment_status"] = "unpaid" if outcome == "delayed" else "paid"
         self.emit("checkout.session.completed", session)
         return session
