@@ -14,15 +14,27 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import text
+from sqlalchemy.exc import (
+    DatabaseError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from fulfill.engine import utcnow
 from fulfill.records import MAY_REPLACE, PENDING, SessionSnapshot
 from fulfill.store import Store
-from fulfill.store.database import write
+from fulfill.store.database import async_url, driver_error, write
 
 SESSION_ID = "cs_test_database0001"
+NOW = utcnow()
 
 
 def snapshot(items: int = 3) -> SessionSnapshot:
@@ -255,3 +267,81 @@ async def test_writers_of_two_processes_take_turns_and_a_cancelled_one_gives_its
     finally:
         await first.close()
         await second.close()
+
+
+# -- driver errors on the direct read path ------------------------------------------------
+
+
+async def test_a_driver_error_on_the_direct_read_path_is_a_sqlalchemy_error(
+    database_url: str,
+) -> None:
+    """``Query`` talks to aiosqlite and asyncpg directly; what they raise is translated.
+
+    The webhook and landing handlers answer 503 for ``SQLAlchemyError``: a
+    driver exception of its own kind would get past them as a 500.
+    """
+    store = await Store.open(database_url)
+    try:
+        async with store.engine.begin() as connection:
+            await connection.execute(text("DROP TABLE webhook_events"))
+        with pytest.raises(SQLAlchemyError) as info:
+            await store.record_event("evt_1", "checkout.session.completed", None, False, "x", NOW)
+        error = info.value
+        assert isinstance(error, DBAPIError)
+        assert isinstance(error.orig, sqlite3.Error | asyncpg.PostgresError)
+        assert error.__cause__ is error.orig
+        # "no such table" is an OperationalError in sqlite3's (PEP 249) terms;
+        # PostgreSQL's undefined table (SQLSTATE 42P01) a ProgrammingError.
+        expected = ProgrammingError if database_url.startswith("postgresql") else OperationalError
+        assert type(error) is expected
+        assert not error.connection_invalidated
+        # The connection was fine: the pool goes on with it.
+        assert await store.get(SESSION_ID) is None
+    finally:
+        await store.close()
+
+
+def test_driver_errors_are_named_as_pep_249_names_them() -> None:
+    assert type(driver_error(sqlite3.IntegrityError("x"), "SELECT 1", [])) is IntegrityError
+    assert type(driver_error(sqlite3.DatabaseError("x"), "SELECT 1", [])) is DatabaseError
+    for lost in (ConnectionResetError("peer"), asyncpg.InterfaceError("connection is closed")):
+        error = driver_error(lost, "SELECT 1", [], lost=True)
+        assert type(error) is OperationalError
+        assert error.connection_invalidated
+    assert type(driver_error(asyncpg.InterfaceError("x"), "SELECT 1", [])) is InterfaceError
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_backend_terminated_under_a_pooled_connection_is_an_operational_error(
+    database_url: str,
+) -> None:
+    """The connection dies between the pool's ping and the query (here: no ping at all)."""
+    await (await Store.open(database_url)).close()  # migrated
+    engine = create_async_engine(async_url(database_url), pool_size=2, pool_pre_ping=False)
+    store = Store(engine)
+    try:
+        assert await store.get(SESSION_ID) is None  # a connection now waits in the pool
+        await terminate_backends(database_url)
+        with pytest.raises(OperationalError) as info:
+            await store.get(SESSION_ID)
+        assert isinstance(info.value.orig, asyncpg.PostgresError | asyncpg.InterfaceError)
+        assert info.value.connection_invalidated
+        # Invalidated, not handed back to the pool: the next read opens a new one.
+        assert await store.get(SESSION_ID) is None
+    finally:
+        await store.close()
+
+
+async def terminate_backends(url: str) -> None:
+    """End every other session on the test's database, and wait until they are gone."""
+    admin = await asyncpg.connect(url, timeout=10)
+    try:
+        ended = await admin.fetch(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert ended
+        assert all(row[0] for row in ended)
+    finally:
+        await admin.close()

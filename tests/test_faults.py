@@ -20,15 +20,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 from sqlalchemy import text
 
+from fulfill.emulator.delivery import sign
 from fulfill.store.database import create_engine
-from tests.conftest import HOOK_METADATA, EmulatorServer, ServiceFactory, ServiceServer
+from tests.conftest import (
+    HOOK_METADATA,
+    WEBHOOK_SECRET,
+    EmulatorServer,
+    ServiceFactory,
+    ServiceServer,
+)
 from tests.load import Load, completed_events
 from tests.processes import instances
 from tests.servers import Receiver
 from tests.test_cli import env_for
+from tests.test_engine import wait_status
 from tests.test_processes import service_env
 from tests.test_reconcile import reconcile
 
@@ -390,3 +400,91 @@ def test_three_processes_on_one_sqlite_file_under_load_and_faults(
     assert "Traceback" not in logs
     # The landing visits saw an order or, while Stripe failed, a page saying to refresh.
     assert set(load.statuses) <= {"webhook 200", "landing 200", "landing 503"}
+
+
+# -- the database failing under a read ---------------------------------------------------
+
+
+async def end_what_waits(admin: asyncpg.Connection, *requests: asyncio.Task[Any]) -> int:
+    """End each backend that waits for a lock ``admin`` holds, until ``requests`` are answered."""
+    deadline = time.monotonic() + 60
+    ended = 0
+    while not all(request.done() for request in requests):
+        assert time.monotonic() < deadline, "the requests were not answered"
+        # pg_stat_activity is a snapshot taken once per transaction, and
+        # admin's lasts as long as its lock: ask for a fresh one each time.
+        await admin.execute("SELECT pg_stat_clear_snapshot()")
+        for row in await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        ):
+            ended += await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", row["pid"])
+        await asyncio.sleep(0.05)
+    return ended
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_backend_ended_under_a_read_is_503_for_the_landing_page_and_a_duplicate_webhook(
+    service_factory: ServiceFactory, receiver: Receiver, database_url: str
+) -> None:
+    """The pool's ping passed, then the connection died: the page and Stripe are told 503.
+
+    The reads of a landing page and of a redelivered event go to the driver
+    directly (``Query``); what the driver raises there must reach the
+    handlers as the SQLAlchemy error they answer 503 for, not as a 500.
+    Two instances share the database, as behind a load balancer: the event
+    was recorded by the first, and its redelivery reaches the second, which
+    must ask the database whether it is a duplicate.
+    """
+    quiet = {"FULFILL_WORKER_INTERVAL": 3600, "FULFILL_MAIL": "false"}
+    first = service_factory(webhooks=False, **quiet)
+    second = service_factory(webhooks=False, **quiet)
+    session_id = first.paid_session()
+    (payload,) = completed_events(first.shop, [session_id]).values()
+
+    def signed() -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "Stripe-Signature": sign(payload, WEBHOOK_SECRET, int(time.time())),
+        }
+
+    assert first.client.post("/webhooks/stripe", content=payload, headers=signed()).json() == {
+        "received": True
+    }
+    wait_status(first, session_id, "fulfilled")
+
+    async def while_a_backend_dies() -> tuple[httpx.Response, httpx.Response]:
+        admin = await asyncpg.connect(database_url, timeout=10)
+        try:
+            async with admin.transaction():
+                await admin.execute(
+                    "LOCK TABLE fulfillments, webhook_events IN ACCESS EXCLUSIVE MODE"
+                )
+                async with httpx.AsyncClient(base_url=second.url, timeout=120) as http:
+                    page = asyncio.create_task(
+                        http.get(
+                            "/checkout/complete",
+                            params={"session_id": session_id},
+                            headers={"Accept": "text/html"},
+                        )
+                    )
+                    redelivery = asyncio.create_task(
+                        http.post("/webhooks/stripe", content=payload, headers=signed())
+                    )
+                    assert await end_what_waits(admin, page, redelivery) >= 2
+                    return await page, await redelivery
+        finally:
+            await admin.close()
+
+    page, redelivery = asyncio.run(while_a_backend_dies())
+    assert page.status_code == 503, page.text
+    assert page.headers["retry-after"] == "10"
+    assert "refresh this page in a minute" in page.text
+    assert redelivery.status_code == 503, redelivery.text
+    assert redelivery.json()["error"]["code"] == "unavailable"
+    # The pool let go of the dead connections: the next requests are answered.
+    assert second.landing(session_id).json()["status"] == "fulfilled"
+    again = second.client.post("/webhooks/stripe", content=payload, headers=signed())
+    assert again.json() == {"received": True, "duplicate": True}
+    assert len(receiver.received) == 1

@@ -23,16 +23,19 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Select, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -228,6 +231,69 @@ async def read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield connection
 
 
+# What aiosqlite and asyncpg raise when called directly (``Query``), and never
+# derive from SQLAlchemy's exceptions. OSError covers ConnectionError and
+# TimeoutError (a socket cut or stalled under asyncpg).
+DRIVER_ERRORS = (
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
+_PEP_249 = {
+    kind.__name__: kind
+    for kind in (
+        sa_exc.IntegrityError,
+        sa_exc.ProgrammingError,
+        sa_exc.DataError,
+        sa_exc.NotSupportedError,
+        sa_exc.InternalError,
+        sa_exc.InterfaceError,
+        sa_exc.OperationalError,
+        sa_exc.DatabaseError,
+    )
+}
+# asyncpg's classes, by SQLSTATE class (23, 42, 22), the first that matches.
+_ASYNCPG_KINDS: tuple[tuple[type[BaseException], type[sa_exc.DBAPIError]], ...] = (
+    (asyncpg.exceptions.IntegrityConstraintViolationError, sa_exc.IntegrityError),
+    (asyncpg.exceptions.SyntaxOrAccessError, sa_exc.ProgrammingError),
+    (asyncpg.exceptions.DataError, sa_exc.DataError),
+    (asyncpg.InterfaceError, sa_exc.InterfaceError),
+    (asyncpg.exceptions.InternalClientError, sa_exc.InterfaceError),
+)
+
+
+def driver_error(
+    error: BaseException, sql: str, params: Sequence[Any], *, lost: bool = False
+) -> sa_exc.DBAPIError:
+    """A driver's exception as the ``sqlalchemy.exc.DBAPIError`` it stands for.
+
+    sqlite3's classes carry PEP 249's names (``OperationalError``,
+    ``IntegrityError``, …), which SQLAlchemy's own classes mirror; asyncpg's
+    are told by their SQLSTATE class. A lost connection, and whatever else
+    is about the database's operation rather than the statement (a shutdown,
+    a cancelled query, a lock timeout), is an ``OperationalError``.
+    """
+    kind: type[sa_exc.DBAPIError] = sa_exc.OperationalError
+    if isinstance(error, sqlite3.Error):
+        names = (c.__name__ for c in type(error).__mro__)
+        kind = next((_PEP_249[name] for name in names if name in _PEP_249), kind)
+    elif not lost:
+        for driver_kind, sqlalchemy_kind in _ASYNCPG_KINDS:
+            if isinstance(error, driver_kind):
+                kind = sqlalchemy_kind
+                break
+    return kind(sql, list(params), error, connection_invalidated=lost)
+
+
+def _connection_lost(driver: Any, error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return True
+    is_closed = getattr(driver, "is_closed", None)  # asyncpg's; SQLite has no connection to lose
+    return bool(is_closed()) if callable(is_closed) else False
+
+
 class Query:
     """A read of the hot paths, run on the driver directly: one trip, no bookkeeping.
 
@@ -240,6 +306,14 @@ class Query:
     ``fetch``) on a connection from the same pool, and every value is decoded
     by its column type's own result processor for that dialect: the rows are
     those SQLAlchemy would return. Any other driver takes SQLAlchemy's path.
+
+    The errors are SQLAlchemy's too: what the driver raises (``sqlite3.Error``,
+    ``asyncpg.PostgresError``, ``asyncpg.InterfaceError``, an ``OSError`` of a
+    broken socket) is raised as the ``sqlalchemy.exc.DBAPIError`` subclass it
+    stands for, the original as its ``orig`` and cause, so that a caller that
+    answers 503 for a database away (``except SQLAlchemyError``) does so for
+    this path as for every other instead of letting a 500 through. A
+    connection found broken is invalidated, not handed back to the pool.
     """
 
     def __init__(self, statement: Select[Any] | Any, engine: AsyncEngine) -> None:
@@ -259,13 +333,23 @@ class Query:
             async with read(engine) as connection:
                 return list((await connection.execute(self.statement, params)).all())
         values = [params[name] for name in self.names]
-        async with engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver: Any = raw.driver_connection
-            if self.driver == "aiosqlite":
-                found = await driver.execute_fetchall(self.sql, values)
-            else:
-                found = await driver.fetch(self.sql, *values)
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver: Any = raw.driver_connection
+                try:
+                    if self.driver == "aiosqlite":
+                        found = await driver.execute_fetchall(self.sql, values)
+                    else:
+                        found = await driver.fetch(self.sql, *values)
+                except DRIVER_ERRORS as exc:
+                    lost = _connection_lost(driver, exc)
+                    if lost:
+                        await connection.invalidate()
+                    raise driver_error(exc, self.sql, values, lost=lost) from exc
+        except DRIVER_ERRORS as exc:
+            # Opening a connection: asyncpg's connect lets an OSError through as it is.
+            raise driver_error(exc, self.sql, values, lost=True) from exc
         processors = self.processors
         return [
             [
