@@ -74,6 +74,7 @@ from fulfill.landing import LandingPage
 from fulfill.service import Service
 from fulfill.store import Store
 from fulfill.store.database import create_engine, migrate
+from fulfill.store.dbtime import DbTime
 from fulfill.stripe_api import StripeApi
 from fulfill.webhooks import WebhookEndpoint
 from fulfill.worker import Worker
@@ -180,6 +181,9 @@ class Instance:
     ) -> Instance:
         store = await GatedStore.open(database_url, migrate=False, pool_size=4)
         assert isinstance(store, GatedStore)
+        # Leases written on the database's clock (claims on webhook events)
+        # follow the machine's time too: "time passes" must expire them.
+        store.time = DbTime(store.engine.dialect.name, clock)
         stripe = StripeApi(TEST_KEY, api_base, max_network_retries=0)
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=merchant))
         loaded = load_catalog(catalog)
