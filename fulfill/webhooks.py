@@ -30,7 +30,7 @@ from fulfill import logs
 from fulfill.engine import Engine, utcnow
 from fulfill.errors import FulfillError
 from fulfill.metrics import Metrics
-from fulfill.records import valid_session_id
+from fulfill.records import FULFILLING, PENDING, valid_session_id
 from fulfill.store import Store
 from fulfill.stripe_api import SessionNotFound, StripeUnavailable
 
@@ -54,6 +54,11 @@ HANDLED = (*FULFILL, PAYMENT_FAILED, EXPIRED)
 RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 # How many recorded event IDs each process remembers (about 100 bytes each).
 RECORDED_IDS = 50_000
+# How long the handler's own task (not the request: that is answered after
+# FULFILL_INLINE_BUDGET) follows the fulfillment it triggered, so that the
+# event is marked processed when the work is done. It holds up nothing else;
+# the background worker waits far less (worker.EVENT_WAIT).
+HANDLER_WAIT = 3600.0
 
 
 class WebhookError(FulfillError):
@@ -164,16 +169,25 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     return b"".join(chunks)
 
 
-async def process_event(engine: Engine, store: Store, event: Event, trigger: str) -> None:
-    """Act on a recorded event, then mark it processed.
+async def process_event(
+    engine: Engine, store: Store, event: Event, trigger: str, *, wait: float
+) -> bool:
+    """Act on a recorded event, then mark it processed; False if it is left ``received``.
 
-    If this raises (Stripe unavailable, the database gone), the event stays
-    ``received`` and the background worker processes it again later.
+    ``wait`` bounds how long this waits for the session's fulfillment, in
+    this process or another. A session still being fulfilled when it runs
+    out leaves the event ``received``: whoever looks at it again finds the
+    outcome, at no Stripe call while the session is ``fulfilling`` under a
+    live lease. If this raises (Stripe unavailable, the database gone), the
+    event stays ``received`` too, and the background worker processes it
+    again later.
     """
     assert event.session_id is not None
     try:
         if event.type in FULFILL:
-            await engine.fulfill_checkout(event.session_id, trigger=trigger, wait=3600)
+            record = await engine.fulfill_checkout(event.session_id, trigger=trigger, wait=wait)
+            if record.status in (PENDING, FULFILLING):
+                return False
         elif event.type == PAYMENT_FAILED:
             await engine.record_payment_failed(event.session_id, trigger)
         elif event.type == EXPIRED:
@@ -182,6 +196,7 @@ async def process_event(engine: Engine, store: Store, event: Event, trigger: str
     except SessionNotFound:
         outcome = "session_not_found"
     await store.set_event_outcome(event.id, outcome, utcnow())
+    return True
 
 
 class WebhookEndpoint:
@@ -291,7 +306,9 @@ class WebhookEndpoint:
     async def _process(self, event: Event) -> None:
         for pause in (*RETRY_PAUSES, None):
             try:
-                await process_event(self.engine, self.store, event, f"webhook:{event.id}")
+                await process_event(
+                    self.engine, self.store, event, f"webhook:{event.id}", wait=HANDLER_WAIT
+                )
                 return
             except StripeUnavailable as exc:
                 if pause is None or self._closing.is_set():

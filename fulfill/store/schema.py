@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -95,6 +96,13 @@ webhook_events = Table(
     # behind by a dead process are picked up by the background worker.
     Column("outcome", String(32), nullable=False),
     Column("processed_at", DateTime),
+    # The background worker's claim on a "received" event (migration 0005,
+    # store/inbox.py): one instance at a time spends a Stripe call on it, and
+    # one that dies lets it go when the lease runs out. ``attempts``: claims
+    # so far, what a failing event's backoff doubles with.
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime),
+    Column("attempts", Integer, nullable=False, default=0, server_default=text("0")),
     Index("ix_webhook_events_outcome", "outcome", "received_at"),
 )
 
