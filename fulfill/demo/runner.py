@@ -124,6 +124,11 @@ def running_demo(port: int, *, settle_after: float, quiet: bool = True) -> Itera
             FULFILL_INLINE_BUDGET=5.0,
             FULFILL_LANDING_WAIT=5.0,
             FULFILL_SHIPPING_COUNTRIES="DE,FR,GB,NL,US",
+            # The scripted customer (--headless) starts a dozen checkouts within
+            # seconds from one address; the defaults (10 a minute per client, 5 a
+            # second in all) would refuse it. Production keeps the defaults.
+            FULFILL_CHECKOUTS_PER_CLIENT=600,
+            FULFILL_CHECKOUTS_PER_SECOND=50,
             # Customer emails are written here, not sent; the shop links to them.
             FULFILL_MAIL_OUTBOX=str(folder / "outbox"),
             FULFILL_MAIL_RECEIVED=True,
