@@ -23,6 +23,7 @@ test: lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff check fulfill tests bench
 	$(BIN)/ruff format --check fulfill tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -52,4 +53,4 @@ lock:
 	.lockenv/bin/uv export --frozen --all-groups --no-emit-project --no-header -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .lockenv .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .lockenv .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

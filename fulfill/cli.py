@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
+from fulfill import operations
+from fulfill.console import err, print_record, read_settings, read_store
 from fulfill.errors import FulfillError
 from fulfill.store import Store
 from fulfill.store.deliverables import SHIPMENT_STATUSES, Shipment
-
-T = TypeVar("T")
-
-err = Console(stderr=True)
-# Piped to grep or a file, output has no width to fit: tables keep every
-# session ID and error whole instead of cutting them to 80 columns.
-PIPED_WIDTH = 1000
-
-
-def stdout() -> Console:
-    """The console for what a command prints: the terminal's width, or wide when piped."""
-    console = Console()
-    return console if console.is_terminal else Console(width=PIPED_WIDTH)
 
 
 class FulfillGroup(click.Group):
@@ -118,12 +106,6 @@ def demo(port: int | None, headless: bool) -> None:
     sys.exit(run_demo(port, headless=headless))
 
 
-def _settings(**overrides: Any) -> Any:
-    from fulfill.config import load_settings
-
-    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -142,7 +124,7 @@ def serve(host: str, port: int, workers: int) -> None:
     from fulfill.app import create_app, server_options
     from fulfill.service import Service
 
-    settings = _settings()
+    settings = read_settings()
     settings.require_stripe()
     # JSON lines (with session_id and event_id) when stderr is not a terminal.
     # uvicorn applies the same configuration in each worker process, and must
@@ -198,9 +180,7 @@ def migrate() -> None:
     """Apply pending database migrations (safe to run from several hosts at once)."""
     import asyncio
 
-    from fulfill.store import Store
-
-    settings = _settings()
+    settings = read_settings()
 
     async def apply() -> None:
         store = await Store.open(settings.database_url, migrate=True)
@@ -220,7 +200,7 @@ def run(session_id: str, as_json: bool) -> None:
 
     from fulfill.service import Service
 
-    settings = _settings()
+    settings = read_settings()
 
     async def once() -> Any:
         service = await Service.start(settings)
@@ -236,63 +216,7 @@ def run(session_id: str, as_json: bool) -> None:
         print_record(record)
 
 
-def print_record(record: Any) -> None:
-    from rich.table import Column, Table
-    from rich.text import Text
-
-    # Descriptions and errors come from Stripe and receivers: printed as
-    # text, never read as console markup.
-    out = stdout()
-    out.print(
-        f"[bold]{record.session_id}[/bold]  status [bold]{record.status}[/bold]  "
-        f"payment {record.payment_status}  attempts {record.attempts}",
-        soft_wrap=True,
-    )
-    if record.last_error:
-        out.print(f"[red]last error:[/red] {escape(record.last_error)}", highlight=False)
-    table = Table(Column("line item", no_wrap=True), "description", "qty", "action", "status")
-    for item in record.items:
-        table.add_row(
-            item.line_item_id,
-            Text(item.description or ""),
-            str(item.quantity),
-            item.action or "",
-            item.status,
-        )
-    out.print(table)
-
-
 # -- what the built-in actions delivered -------------------------------------------------
-
-
-def read_store(read: Callable[[Store], Awaitable[T]]) -> T:
-    """Run ``read`` against the configured database, which must be migrated already.
-
-    A listing never migrates: an operator's query must not change the schema
-    under running servers; ``fulfill migrate`` (or ``serve``) does that.
-    """
-    import asyncio
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from fulfill.store.database import migrations_pending
-
-    settings = _settings()
-
-    async def go() -> T:
-        store = await Store.open(settings.database_url, migrate=False, pool_size=1)
-        try:
-            if await migrations_pending(store.engine):
-                raise FulfillError(
-                    "the database is not up to date (or empty): run `fulfill migrate` first"
-                )
-            return await read(store)
-        except SQLAlchemyError as exc:
-            raise FulfillError(f"cannot read the database: {type(exc).__name__}") from exc
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 def _when(moment: datetime | None) -> str:
@@ -433,5 +357,7 @@ def shipments(status: str | None, as_csv: bool, as_json: bool) -> None:
     out.print(f"{len(found)} shipment{'' if len(found) == 1 else 's'}", highlight=False)
 
 
-# The operations commands (list, show, retry, reconcile, check) register themselves on ``main``.
-from fulfill import operations  # noqa: E402, F401
+# The operator's commands (list, show, retry, reconcile, check, mail) live in
+# fulfill/operations.py, which knows nothing of this module: they are added here.
+for command in operations.COMMANDS:
+    main.add_command(command)

@@ -21,13 +21,15 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from fulfill.engine import LANDING, Engine, InvalidSessionId, ModeMismatch
 from fulfill.guard import LookupGuard, TooManyLookups, client_address
-from fulfill.pages import (
-    PRIVATE_HEADERS,
+from fulfill.pages import PRIVATE_HEADERS, render_problem, wants_json
+from fulfill.presentation import (
+    BADGES,
+    SHIPMENT_STATES,
+    STATES,
     TEMPLATES,
+    item_badge,
     money,
-    render_problem,
     safe_url,
-    wants_json,
 )
 from fulfill.records import FAILED, FULFILLED, FULFILLING, PENDING, FulfillmentRecord
 from fulfill.stripe_api import SessionNotFound, StripeApiError, StripeUnavailable
@@ -42,78 +44,10 @@ log = logging.getLogger("fulfill.landing")
 REFRESH_SECONDS = 3
 REFRESH_AWAITING_PAYMENT_SECONDS = 10
 
-# What each state tells the customer.
-STATES: dict[str, tuple[str, str]] = {
-    "fulfilled": ("Thank you — your order is ready", "Everything you bought is below."),
-    "fulfilling": (
-        "We are preparing your order",
-        "This takes a few seconds. This page updates by itself.",
-    ),
-    "pending": (
-        "We are preparing your order",
-        "This takes a few seconds. This page updates by itself.",
-    ),
-    "awaiting_payment": (
-        "Your payment is processing",
-        "Your bank has not confirmed the payment yet. We will deliver your order as soon as it "
-        "does; this page updates by itself, and you can close it safely.",
-    ),
-    "failed": (
-        "Your payment went through — we are on it",
-        "Something went wrong while we prepared your order. It is being retried automatically "
-        "and our team has been told; you do not need to pay again.",
-    ),
-    "payment_failed": (
-        "Your payment did not go through",
-        "Your bank declined the payment, so nothing was charged or delivered. "
-        "You can return to the shop and try another payment method.",
-    ),
-    "expired": (
-        "This checkout has expired",
-        "The checkout was not completed in time and nothing was charged. "
-        "You can return to the shop and start again.",
-    ),
-    "not_applicable": (
-        "Your payment details are saved",
-        "This checkout saved a payment method for later; nothing was charged and there is "
-        "nothing to deliver. If you expected an order, please contact the shop.",
-    ),
-    "open": (
-        "Your checkout is not complete",
-        "We have not received your payment for this order. If you meant to pay, "
-        "return to the checkout page and complete it.",
-    ),
-}
 REFRESHING = {"fulfilling", "pending", "awaiting_payment"}
 
-# The badge of each state, in plain words, and its tone (ok, warn, bad, or neutral "").
-BADGES: dict[str, tuple[str, str]] = {
-    "fulfilled": ("Ready", "ok"),
-    "fulfilling": ("Preparing", "warn"),
-    "pending": ("Preparing", "warn"),
-    "awaiting_payment": ("Payment processing", "warn"),
-    "failed": ("Paid · delivery delayed", "warn"),
-    "payment_failed": ("Payment failed", "bad"),
-    "expired": ("Expired", "bad"),
-    "not_applicable": ("Payment method saved", "ok"),
-    "open": ("Not paid", ""),
-}
 # States whose order is, or will be, emailed: the page says where to.
 EMAILED = {"fulfilled", "fulfilling", "pending", "awaiting_payment", "failed", "payment_failed"}
-
-
-def item_badge(item_status: str, order_status: str, action: str | None = None) -> tuple[str, str]:
-    """An item's badge: delivered, or what its order is waiting for."""
-    if item_status == "done":
-        # A shipment is done when it is ordered, not when it arrives.
-        return ("Confirmed", "ok") if action == "shipment" else ("Delivered", "ok")
-    if order_status in ("payment_failed", "expired", "open"):
-        return ("Not delivered", "")
-    if order_status == "awaiting_payment":
-        return ("Awaiting payment", "warn")
-    if item_status == "failed":
-        return ("Retrying", "warn")
-    return ("Preparing", "warn")
 
 
 def _strings(value: Any) -> list[str]:
@@ -153,15 +87,6 @@ def _delivered(result: Mapping[str, Any]) -> dict[str, Any]:
         words = SHIPMENT_STATES.get(state, state)
         shown["shipment"] = {"status": state, "state": words}
     return shown
-
-
-# A shipment's state in the customer's words (as deliverables.html shows it).
-SHIPMENT_STATES = {
-    "pending": "Preparing your shipment",
-    "shipped": "Shipped",
-    "delivered": "Delivered",
-    "cancelled": "Shipment cancelled",
-}
 
 
 def public_json(record: FulfillmentRecord) -> dict[str, Any]:

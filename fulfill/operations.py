@@ -19,7 +19,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from fulfill.catalog import Catalog, load_catalog
-from fulfill.cli import _settings, err, main, print_record, read_store, stdout
+from fulfill.console import err, print_record, read_settings, read_store, stdout
 from fulfill.errors import FulfillError
 from fulfill.logs import is_log_reference, log_reference
 from fulfill.records import FAILED, FULFILLED, STATUSES, FulfillmentRecord, iso
@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 def with_service(work: Callable[[Service], Awaitable[T]]) -> T:
     """Run ``work`` with the whole service (Stripe client, catalog, store) open."""
-    settings = _settings()
+    settings = read_settings()
 
     async def go() -> T:
         service = await Service.start(settings)
@@ -74,7 +74,7 @@ def records_table(records: list[FulfillmentRecord]) -> Table:
     return table
 
 
-@main.command("list")
+@click.command("list")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
@@ -89,7 +89,7 @@ def list_records(status: str | None, limit: int, as_json: bool) -> None:
         stdout().print(records_table(records))
 
 
-@main.command()
+@click.command()
 @click.argument("session_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record (and its events) as JSON.")
 def show(session_id: str, as_json: bool) -> None:
@@ -164,7 +164,7 @@ def _event(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@main.command()
+@click.command()
 @click.argument("session_id", required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed record.")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting records as JSON.")
@@ -216,7 +216,7 @@ def retry(session_id: str | None, all_failed: bool, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-@main.command()
+@click.command()
 @click.option("--since", default="72h", show_default=True, help="How far back: 30m, 72h, 7d.")
 @click.option("--dry-run", is_flag=True, help="List what would be fulfilled; change nothing.")
 @click.option(
@@ -280,11 +280,11 @@ def reconcile(since: str, dry_run: bool, restart: bool, rate: float | None, as_j
         raise SystemExit(1)
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def check(as_json: bool) -> None:
     """Validate configuration and catalog; with a reachable API, check its prices and products."""
-    settings = _settings()
+    settings = read_settings()
     catalog = load_catalog(settings.catalog_path)
     findings: list[dict[str, str]] = [
         {"what": "configuration", "result": "ok", "detail": "all settings valid"},
@@ -368,7 +368,7 @@ async def _check_stripe(key: str, api_base: str, catalog: Catalog) -> list[dict[
 # -- emails to customers --------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def mail() -> None:
     """The emails to customers: preview one, send failed ones again."""
 
@@ -395,7 +395,7 @@ def mail_preview(session_id: str, kind: str, html_path: str | None) -> None:
 
     from fulfill.mail.compose import message_id_for
 
-    settings = _settings()
+    settings = read_settings()
     record = read_store(lambda store: store.get(session_id))
     if record is None:
         raise FulfillError(
@@ -436,3 +436,7 @@ def mail_retry(session_id: str) -> None:
             f"no failed or skipped email for {session_id}; `fulfill show {session_id}` lists them"
         )
     stdout().print(f"{count} email(s) of {session_id} queued again.", highlight=False)
+
+
+# What ``fulfill/cli.py`` adds to its ``main`` group.
+COMMANDS = (list_records, show, retry, reconcile, check, mail)

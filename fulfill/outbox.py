@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from fulfill.mail.compose import parse_email
-from fulfill.pages import PRIVATE_HEADERS, TEMPLATES, render_problem
+from fulfill.pages import PRIVATE_HEADERS, render_problem
+from fulfill.presentation import TEMPLATES
 
 NAME = re.compile(r"^cs_(?:test|live)_[A-Za-z0-9]{1,200}\.[a-z_]{1,32}\.eml$")
 # The HTML part is the shop's own template, shown as it is: no script runs in it,

@@ -1,73 +1,21 @@
-"""What every HTML page of the service shares: templates, money, safe links, error pages.
+"""What every HTML page of the service shares: private headers, JSON or HTML, error pages.
 
-The landing page and the storefront render through ``TEMPLATES``, whose
-autoescape covers every ``.html`` template: product names, descriptions and
-results come from Stripe, the catalog or a merchant's webhook, and are text,
-never markup. Links go through ``safe_url`` so that only http(s) reaches an
-``href``.
+The templates, ``money`` and ``safe_url``, which emails share with pages, are
+in ``fulfill/presentation.py``, which knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from fulfill.errors import FulfillError
+from fulfill.presentation import TEMPLATES
 
 # A page about an order is the customer's key to it (SPEC §10.5).
 PRIVATE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-
-TEMPLATES = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=select_autoescape(["html"]),
-    # The templates ship with the package: compiled once, never stat()ed again
-    # on each page (a landing page is base.html, landing.html and includes).
-    auto_reload=False,
-)
-
-# https://docs.stripe.com/currencies#zero-decimal
-ZERO_DECIMAL = {
-    "bif",
-    "clp",
-    "djf",
-    "gnf",
-    "jpy",
-    "kmf",
-    "krw",
-    "mga",
-    "pyg",
-    "rwf",
-    "ugx",
-    "vnd",
-    "vuv",
-    "xaf",
-    "xof",
-    "xpf",
-}
-
-
-def money(amount: int | None, currency: str | None) -> str:
-    """``2999, "eur"`` → ``"29.99 EUR"`` (zero-decimal currencies as whole units)."""
-    if amount is None or not currency:
-        return ""
-    if currency.lower() in ZERO_DECIMAL:
-        return f"{amount:,} {currency.upper()}"
-    return f"{amount / 100:,.2f} {currency.upper()}"
-
-
-def safe_url(url: Any) -> str | None:
-    """Only http(s) links reach a page; ``javascript:`` and friends are dropped."""
-    if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
-        return url
-    return None
-
-
-TEMPLATES.globals.update(money=money, safe_url=safe_url)
 
 
 def wants_json(request: Request) -> bool:

@@ -31,7 +31,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from fulfill.catalog import Catalog, CatalogEntry, LineItemFacts
 from fulfill.errors import FulfillError
 from fulfill.guard import ClientLimits, TooManyCheckouts, client_address
-from fulfill.pages import TEMPLATES, safe_url, wants_json
+from fulfill.pages import wants_json
+from fulfill.presentation import TEMPLATES, safe_url
 from fulfill.stripe_api import PriceInfo, StripeApi, StripeApiError
 
 log = logging.getLogger("fulfill.storefront")

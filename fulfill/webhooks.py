@@ -19,8 +19,6 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect, Request
@@ -29,21 +27,17 @@ from starlette.responses import JSONResponse, Response
 from fulfill import logs
 from fulfill.engine import Engine, utcnow
 from fulfill.errors import FulfillError
+from fulfill.events import HANDLED, Event, process_event
 from fulfill.metrics import Metrics
-from fulfill.records import FULFILLING, PENDING, valid_session_id
+from fulfill.records import valid_session_id
 from fulfill.store import Store
-from fulfill.stripe_api import SessionNotFound, StripeUnavailable
+from fulfill.stripe_api import StripeUnavailable
 
 log = logging.getLogger("fulfill.webhooks")
 
 MAX_BODY = 1024 * 1024  # 1 MiB; Stripe's events are far smaller
 MAX_SIGNATURE_HEADER = 4096
 EVENT_ID_RE = re.compile(r"evt_[A-Za-z0-9_]{1,250}")  # fullmatch: "$" allows a final "\n"
-
-FULFILL = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
-PAYMENT_FAILED = "checkout.session.async_payment_failed"
-EXPIRED = "checkout.session.expired"
-HANDLED = (*FULFILL, PAYMENT_FAILED, EXPIRED)
 
 # When Stripe fails (5xx, broken connections, 429s beyond what stripe_api
 # retries itself), the process holding the event tries again after these
@@ -115,14 +109,6 @@ def verify(
     raise SignatureError("No valid signature for this payload")
 
 
-@dataclass(frozen=True)
-class Event:
-    id: str
-    type: str
-    livemode: bool
-    session_id: str | None
-
-
 def parse_event(payload: bytes) -> Event:
     """The parts of a Stripe event the endpoint needs; ``WebhookError`` if it is not one."""
     try:
@@ -167,36 +153,6 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
             raise PayloadTooLarge("The body is larger than 1 MiB")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def process_event(
-    engine: Engine, store: Store, event: Event, trigger: str, *, wait: float
-) -> bool:
-    """Act on a recorded event, then mark it processed; False if it is left ``received``.
-
-    ``wait`` bounds how long this waits for the session's fulfillment, in
-    this process or another. A session still being fulfilled when it runs
-    out leaves the event ``received``: whoever looks at it again finds the
-    outcome, at no Stripe call while the session is ``fulfilling`` under a
-    live lease. If this raises (Stripe unavailable, the database gone), the
-    event stays ``received`` too, and the background worker processes it
-    again later.
-    """
-    assert event.session_id is not None
-    try:
-        if event.type in FULFILL:
-            record = await engine.fulfill_checkout(event.session_id, trigger=trigger, wait=wait)
-            if record.status in (PENDING, FULFILLING):
-                return False
-        elif event.type == PAYMENT_FAILED:
-            await engine.record_payment_failed(event.session_id, trigger)
-        elif event.type == EXPIRED:
-            await engine.record_expired(event.session_id, trigger)
-        outcome = "processed"
-    except SessionNotFound:
-        outcome = "session_not_found"
-    await store.set_event_outcome(event.id, outcome, utcnow())
-    return True
 
 
 class WebhookEndpoint:
@@ -334,7 +290,3 @@ class WebhookEndpoint:
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def event_from_row(row: dict[str, Any]) -> Event:
-    return Event(row["event_id"], row["type"], bool(row["livemode"]), row["session_id"])

@@ -24,10 +24,10 @@ from datetime import timedelta
 
 from fulfill import logs
 from fulfill.engine import Engine, utcnow
+from fulfill.events import event_from_row, process_event
 from fulfill.store import Store
 from fulfill.store.inbox import Inbox
 from fulfill.stripe_api import StripeUnavailable
-from fulfill.webhooks import event_from_row, process_event
 
 log = logging.getLogger("fulfill.worker")
 

@@ -32,7 +32,7 @@ from fulfill.actions import Action, ItemContext
 from fulfill.demo.runner import DEMO_KEY, Demo, free_port, running_demo
 from fulfill.demo.samples import Listed
 from fulfill.outbox import letters
-from fulfill.pages import money
+from fulfill.presentation import money
 from fulfill.store import Store
 
 BIG_ORDER = 25

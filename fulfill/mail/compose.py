@@ -25,9 +25,8 @@ from email.mime.text import MIMEText
 from email.policy import compat32, default
 from email.utils import formataddr, formatdate
 
-from fulfill.landing import item_badge
 from fulfill.mail.addresses import AddressError, clean_text, parse_address
-from fulfill.pages import TEMPLATES
+from fulfill.presentation import TEMPLATES, item_badge
 from fulfill.records import FulfillmentRecord
 from fulfill.store.emails import FULFILLED_EMAIL, KINDS, PAYMENT_FAILED_EMAIL, RECEIVED_EMAIL
 
