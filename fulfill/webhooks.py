@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -222,11 +223,12 @@ class WebhookEndpoint:
         self.livemode = livemode
         self.tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
-        # Event IDs this process saw recorded in the inbox, oldest first. Stripe
-        # redelivers, and storms of duplicates are answered from here, after
-        # the signature check, without a database round trip: an inbox row is
-        # never removed, so "recorded once" stays true.
-        self._recorded: dict[str, None] = {}
+        # Event IDs this process saw recorded in the inbox, the least recently
+        # seen forgotten first. Stripe redelivers, and storms of duplicates are
+        # answered from here, after the signature check, without a database
+        # round trip: an inbox row is never removed, so "recorded once" stays
+        # true.
+        self._recorded: LRUCache[str, None] = LRUCache(maxsize=RECORDED_IDS)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -300,8 +302,6 @@ class WebhookEndpoint:
 
     def _remember(self, event_id: str) -> None:
         self._recorded[event_id] = None
-        if len(self._recorded) > RECORDED_IDS:
-            del self._recorded[next(iter(self._recorded))]
 
     async def _process(self, event: Event) -> None:
         for pause in (*RETRY_PAUSES, None):
