@@ -84,7 +84,8 @@ def verify(
     ``Stripe-Signature: t=…,v1=…[,v1=…][,v0=…]``: HMAC-SHA256 of
     ``"{t}.{payload}"``; only ``v1`` counts; ``t`` must be within ``tolerance``
     seconds of ``now`` in either direction (a future date is as suspect as a
-    stale one). Each signature is compared in constant time.
+    stale one). Each signature is compared with each secret's HMAC in constant
+    time, so the timing shows nothing of how close a forged signature came.
     """
     if not header:
         raise SignatureError("Missing Stripe-Signature header")
@@ -110,7 +111,10 @@ def verify(
     signed = timestamps[0].encode() + b"." + payload
     for secret in secrets:
         expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-        # Check every candidate: which secret matched must not show in the timing.
+        # compare_digest hides how much of a forged signature is right. It
+        # stops at the first secret and signature that match, so the timing
+        # may show which of them matched; only a valid signature learns that,
+        # and the secrets' order (the configured list) is no secret.
         if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
             return
     raise SignatureError("No valid signature for this payload")
