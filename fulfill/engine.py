@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import stamina
+from cachetools import LRUCache
 
 from fulfill import logs
 from fulfill.actions import Action, ActionError, ItemContext, PermanentActionError
@@ -144,8 +145,9 @@ class Engine:
         self._confirmed: dict[str, float] = {}
         self.monotonic: Callable[[], float] = time.monotonic
         # Fulfilled records, final by nature (no status replaces ``fulfilled``),
-        # kept for the landing page's refreshes; oldest dropped first.
-        self._fulfilled: dict[str, FulfillmentRecord] = {}
+        # kept for the landing page's refreshes; the least recently asked for
+        # dropped first, so a page a customer keeps refreshing stays here.
+        self._fulfilled: LRUCache[str, FulfillmentRecord] = LRUCache(maxsize=KEPT_RECORDS)
 
     # -- the entry point ---------------------------------------------------------
 
@@ -357,8 +359,6 @@ class Engine:
     def _keep(self, record: FulfillmentRecord) -> FulfillmentRecord:
         if record.status == FULFILLED:
             self._fulfilled[record.session_id] = record
-            if len(self._fulfilled) > KEPT_RECORDS:
-                del self._fulfilled[next(iter(self._fulfilled))]
         return record
 
     async def _get(self, session_id: str) -> FulfillmentRecord:

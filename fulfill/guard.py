@@ -15,10 +15,10 @@ address (``client_address``).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
+from cachetools import LRUCache, TTLCache
 from starlette.requests import HTTPConnection
 
 from fulfill.errors import FulfillError
@@ -99,20 +99,18 @@ class ClientLimits:
         self.total = _bucket(total_per_second, 1.0)
         self.max_clients = max_clients
         self.refused = refused
-        self._clients: OrderedDict[str, AsyncLimiter] = OrderedDict()
+        self._clients: LRUCache[str, AsyncLimiter] = LRUCache(maxsize=max_clients)
 
     def __len__(self) -> int:
         return len(self._clients)
 
     async def admit(self, client: str) -> None:
         """Take one from the client's and the total allowance, or raise ``refused`` (429)."""
+        # A lookup counts as a use: the least recently seen client is forgotten.
         limiter = self._clients.get(client)
         if limiter is None:
             limiter = _bucket(self.per_client, 60.0)
             self._clients[client] = limiter
-            while len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
-        self._clients.move_to_end(client)
         if not limiter.has_capacity():
             raise self.refused(self.refused.per_client_message, _one(limiter))
         if not self.total.has_capacity():
@@ -149,23 +147,18 @@ class LookupGuard:
         self.unknown_ttl = unknown_ttl
         self.max_unknown = max_unknown
         self.clock = clock
-        self._unknown: OrderedDict[str, float] = OrderedDict()
+        # Each entry expires ``unknown_ttl`` after it was last remembered; when
+        # full, the least recently used goes first.
+        self._unknown: TTLCache[str, None] = TTLCache(
+            maxsize=max_unknown, ttl=unknown_ttl, timer=clock
+        )
 
     def known_missing(self, session_id: str) -> bool:
         """True if Stripe said this session does not exist a moment ago."""
-        expires = self._unknown.get(session_id)
-        if expires is None:
-            return False
-        if expires < self.clock():
-            del self._unknown[session_id]
-            return False
-        return True
+        return session_id in self._unknown
 
     def remember_missing(self, session_id: str) -> None:
-        self._unknown[session_id] = self.clock() + self.unknown_ttl
-        self._unknown.move_to_end(session_id)
-        while len(self._unknown) > self.max_unknown:
-            self._unknown.popitem(last=False)
+        self._unknown[session_id] = None
 
     async def admit(self, client: str) -> None:
         """Take one lookup from the client's and the total allowance, or refuse with 429."""

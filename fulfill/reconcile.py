@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+import stamina
 from aiolimiter import AsyncLimiter
 
 from fulfill import logs
@@ -240,19 +241,30 @@ class Reconciler:
         sweep of thousands of sessions should not end with errors, or stop,
         for a burst of failures that is over in seconds.
         """
-        waits = 0
-        while True:
-            async with self.limiter:
-                try:
+
+        def wait(exc: Exception) -> bool | float:
+            if not isinstance(exc, StripeUnavailable):
+                return False
+            # Retry-After as asked; otherwise stamina's backoff (1, 2, 4, 8, 10 s …).
+            if exc.retry_after is None:
+                log.info("%s; waiting, with backoff", exc.message)
+                return True
+            log.info("%s; waiting %.1f s as Stripe asked", exc.message, exc.retry_after)
+            return exc.retry_after
+
+        async for attempt in stamina.retry_context(
+            on=wait,
+            attempts=self.max_rate_limit_waits + 1,
+            timeout=None,
+            wait_initial=1.0,
+            wait_max=10.0,
+            wait_jitter=0.0,
+        ):
+            # The limiter is held for the call alone, not for the wait after it.
+            with attempt:
+                async with self.limiter:
                     return await call()
-                except StripeUnavailable as exc:
-                    waits += 1
-                    if waits > self.max_rate_limit_waits:
-                        raise
-                    backoff = min(0.5 * 2.0**waits, 10.0)
-                    delay = exc.retry_after if exc.retry_after is not None else backoff
-                    log.info("%s; waiting %.1f s", exc.message, delay)
-            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
 
 def _epoch(moment: datetime) -> int:

@@ -1,8 +1,10 @@
 """The fulfillment record (SPEC §5), Stripe session snapshots, and the pure rules between them.
 
 Nothing here does I/O: the engine reads a session from Stripe into a
-``SessionSnapshot``, asks ``decide`` what that means for the record, and the
-store writes it. Tests call these functions directly.
+``SessionSnapshot``, asks ``status_for`` which status it calls for, and the
+store writes that status with a conditional ``UPDATE`` that moves the record
+only from the statuses ``MAY_REPLACE`` lists for it, so that a late or
+out-of-order trigger never moves a record back. Tests call these directly.
 """
 
 from __future__ import annotations
@@ -135,11 +137,6 @@ class SessionSnapshot:
             items=tuple(LineItemSnapshot.from_stripe(item, i) for i, item in enumerate(items)),
         )
 
-    @property
-    def payable(self) -> bool:
-        """Complete and paid (or nothing to pay) and selling something: the only ones fulfilled."""
-        return status_for(self) == PENDING
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
@@ -207,10 +204,6 @@ class FulfillmentRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     triggers: list[str] = field(default_factory=list)
     items: list[ItemRecord] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        return self.status == FULFILLED
 
     def as_json(self) -> dict[str, Any]:
         return {

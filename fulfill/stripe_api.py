@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+import stamina
 import stripe
 
 from fulfill.catalog import Catalog
@@ -208,19 +209,29 @@ class StripeApi:
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again after a 429 as ``Retry-After`` asks, up to ``rate_limit_retries``."""
-        for attempt in range(self.rate_limit_retries + 1):
-            try:
+
+        def wait(exc: Exception) -> bool | float:
+            # Only a 429: stripe-python has retried the rest already.
+            if not isinstance(exc, stripe.RateLimitError):
+                return False
+            asked = _retry_after(exc)
+            if asked is None:
+                return True  # stamina's backoff: 0.5 s, then 1 s, jittered
+            if asked > MAX_RATE_LIMIT_WAIT:
+                return False  # the caller's durable retries wait that long, not this call
+            # Never sooner than asked; spread out, so that calls refused
+            # together do not all come back in the same instant.
+            return asked * (1 + random.random() / 4)
+
+        async for attempt in stamina.retry_context(
+            on=wait,
+            attempts=self.rate_limit_retries + 1,
+            timeout=None,
+            wait_initial=0.5,
+            wait_jitter=0.125,
+        ):
+            with attempt:
                 return await call()
-            except stripe.RateLimitError as exc:
-                asked = _retry_after(exc)
-                if attempt == self.rate_limit_retries or (
-                    asked is not None and asked > MAX_RATE_LIMIT_WAIT
-                ):
-                    raise
-                delay = asked if asked is not None else 0.5 * 2**attempt
-                # Never sooner than asked; spread out, so that calls refused
-                # together do not all come back in the same instant.
-                await asyncio.sleep(delay * (1 + random.random() / 4))
         raise AssertionError("unreachable")
 
     async def _get_json(self, path: str, **params: Any) -> dict[str, Any]:

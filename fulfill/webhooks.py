@@ -19,7 +19,10 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from typing import Any
 
+import stamina
+from cachetools import LRUCache
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -77,7 +80,8 @@ def verify(
     ``Stripe-Signature: t=…,v1=…[,v1=…][,v0=…]``: HMAC-SHA256 of
     ``"{t}.{payload}"``; only ``v1`` counts; ``t`` must be within ``tolerance``
     seconds of ``now`` in either direction (a future date is as suspect as a
-    stale one). Each signature is compared in constant time.
+    stale one). Each signature is compared with each secret's HMAC in constant
+    time, so the timing shows nothing of how close a forged signature came.
     """
     if not header:
         raise SignatureError("Missing Stripe-Signature header")
@@ -103,7 +107,10 @@ def verify(
     signed = timestamps[0].encode() + b"." + payload
     for secret in secrets:
         expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-        # Check every candidate: which secret matched must not show in the timing.
+        # compare_digest hides how much of a forged signature is right. It
+        # stops at the first secret and signature that match, so the timing
+        # may show which of them matched; only a valid signature learns that,
+        # and the secrets' order (the configured list) is no secret.
         if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
             return
     raise SignatureError("No valid signature for this payload")
@@ -178,11 +185,15 @@ class WebhookEndpoint:
         self.livemode = livemode
         self.tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
-        # Event IDs this process saw recorded in the inbox, oldest first. Stripe
-        # redelivers, and storms of duplicates are answered from here, after
-        # the signature check, without a database round trip: an inbox row is
-        # never removed, so "recorded once" stays true.
-        self._recorded: dict[str, None] = {}
+        # The handlers waiting to try their event again: closing cancels these
+        # waits (and only these), so that shutdown is not held up by them.
+        self._pausing: set[asyncio.Task[Any]] = set()
+        # Event IDs this process saw recorded in the inbox, the least recently
+        # seen forgotten first. Stripe redelivers, and storms of duplicates are
+        # answered from here, after the signature check, without a database
+        # round trip: an inbox row is never removed, so "recorded once" stays
+        # true.
+        self._recorded: LRUCache[str, None] = LRUCache(maxsize=RECORDED_IDS)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -256,27 +267,45 @@ class WebhookEndpoint:
 
     def _remember(self, event_id: str) -> None:
         self._recorded[event_id] = None
-        if len(self._recorded) > RECORDED_IDS:
-            del self._recorded[next(iter(self._recorded))]
 
     async def _process(self, event: Event) -> None:
-        for pause in (*RETRY_PAUSES, None):
-            try:
-                await process_event(
-                    self.engine, self.store, event, f"webhook:{event.id}", wait=HANDLER_WAIT
-                )
-                return
-            except StripeUnavailable as exc:
-                if pause is None or self._closing.is_set():
-                    log.warning("event %s left for the worker: %s", event.id, exc.message)
+        pauses = iter(RETRY_PAUSES)
+        task = asyncio.current_task()
+        assert task is not None
+
+        def wait(exc: Exception) -> bool | float:
+            # Only Stripe failing in a way that passes, and not while closing.
+            if not isinstance(exc, StripeUnavailable) or self._closing.is_set():
+                return False
+            pause = next(pauses, None)
+            if pause is None:
+                return False
+            delay = max(pause, exc.retry_after or 0.0)
+            log.info("event %s: %s; trying again in %.1f s", event.id, exc.message, delay)
+            self._pausing.add(task)
+            return delay
+
+        try:
+            async for attempt in stamina.retry_context(on=wait, attempts=None, timeout=None):
+                self._pausing.discard(task)
+                if attempt.num > 1 and self._closing.is_set():
+                    log.warning("event %s left for the worker: the service is closing", event.id)
                     return
-                delay = max(pause, exc.retry_after or 0.0)
-                log.info("event %s: %s; trying again in %.1f s", event.id, exc.message, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
-            except Exception as exc:
-                log.warning("event %s left for the worker: %s", event.id, exc)
-                return
+                with attempt:
+                    await process_event(
+                        self.engine, self.store, event, f"webhook:{event.id}", wait=HANDLER_WAIT
+                    )
+        except asyncio.CancelledError:
+            # Cancelled by close() in a pause: the event stays ``received``.
+            if task not in self._pausing or not self._closing.is_set():
+                raise
+            log.warning("event %s left for the worker: the service is closing", event.id)
+        except StripeUnavailable as exc:
+            log.warning("event %s left for the worker: %s", event.id, exc.message)
+        except Exception as exc:
+            log.warning("event %s left for the worker: %s", event.id, exc)
+        finally:
+            self._pausing.discard(task)
 
     async def close(self, timeout: float = 5.0) -> None:
         """At shutdown: stop retrying, give the work in progress a moment.
@@ -284,6 +313,8 @@ class WebhookEndpoint:
         An event still unprocessed stays ``received``; the worker takes it up.
         """
         self._closing.set()
+        for task in self._pausing:
+            task.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=timeout)
 

@@ -531,8 +531,8 @@ class Shop(RuleBasedStateMachine):
         # and on a busy machine most picks would otherwise find nothing to claim
         # (the history would then never cover a dead worker). Chosen here, not by
         # a precondition, as ``crash`` does: it depends on timing.
-        recorded = self.statuses()
-        claimable = [s for s in paid if recorded.get(s.session_id) in CLAIMABLE_NOW]
+        now_recorded = self.statuses()
+        claimable = [s for s in paid if now_recorded.get(s.session_id) in CLAIMABLE_NOW]
         bought = self.pick(pick, claimable or paid)
         store = self.instances[0].store
         # A lease that ended a lease ago, on the clock leases are judged by.

@@ -253,3 +253,48 @@ def test_duplicates_are_answered_from_memory_once_the_event_is_recorded() -> Non
     assert answers[0] == {"received": True}
     assert answers[1:] == [{"received": True, "duplicate": True}] * 9
     assert inbox.calls == 1
+
+
+async def test_a_handler_retries_while_stripe_fails_and_closing_ends_its_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retries after RETRY_PAUSES (or a longer Retry-After); close() does not wait them out."""
+    import asyncio
+
+    from fulfill import events, webhooks
+    from fulfill.metrics import Metrics
+    from fulfill.stripe_api import StripeUnavailable
+
+    calls: list[float] = []
+
+    async def unavailable(*args: Any, **kwargs: Any) -> bool:
+        calls.append(time.monotonic())
+        raise StripeUnavailable(
+            "Stripe is unavailable", retry_after=0.6 if len(calls) == 1 else None
+        )
+
+    monkeypatch.setattr(webhooks, "process_event", unavailable)
+
+    class Engine:
+        metrics = Metrics()
+
+    endpoint = webhooks.WebhookEndpoint(
+        Engine(),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        [WEBHOOK_SECRET],
+        tolerance=300,
+        inline_budget=0,
+        livemode=False,
+    )
+    event = events.Event("evt_closing1", "checkout.session.completed", False, "cs_test_closing1")
+    task = asyncio.get_running_loop().create_task(endpoint._process(event))
+    endpoint.tasks.add(task)
+    # Tries at 0 s, after 0.6 s (Retry-After, longer than 0.5 s), 1 s later, then pauses 2 s.
+    await asyncio.sleep(2.4)
+    started = time.monotonic()
+    await endpoint.close(timeout=5.0)
+    assert time.monotonic() - started < 0.5, "a pause of 2 s was not waited out"
+    assert task.done()
+    assert not task.cancelled()
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= 0.6

@@ -497,13 +497,6 @@ class Store:
                 taken.append(session_id)
         return taken
 
-    async def count_by_status(self) -> dict[str, int]:
-        async with database.read(self.engine) as connection:
-            rows = await connection.execute(
-                select(fulfillments.c.status, func.count()).group_by(fulfillments.c.status)
-            )
-            return {str(status): int(count) for status, count in rows}
-
     # -- writes: the record ---------------------------------------------------------
 
     async def add_trigger(self, session_id: str, trigger: str, now: datetime) -> None:

@@ -45,15 +45,6 @@ class Runs:
             ).first()
         return _run(row._mapping) if row else None
 
-    async def last(self) -> ReconcileRun | None:
-        async with self.store.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(reconcile_runs).order_by(reconcile_runs.c.id.desc()).limit(1)
-                )
-            ).first()
-        return _run(row._mapping) if row else None
-
     async def start(self, since: datetime, now: datetime) -> ReconcileRun:
         async def work(connection: AsyncConnection) -> ReconcileRun:
             # A new sweep supersedes any unfinished one.
