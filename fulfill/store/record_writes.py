@@ -1,0 +1,196 @@
+"""Writes of the record itself: what the API said about a session, its status, its triggers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fulfill.records import ITEM_PENDING, SessionSnapshot
+from fulfill.store.base import StoreBase
+from fulfill.store.emails import QueuedEmail, enqueue
+from fulfill.store.leases import CHECKED, LeaseStatements
+from fulfill.store.schema import fulfillment_triggers, fulfillments
+
+_ADD_TRIGGER = insert(fulfillment_triggers)
+
+
+class RecordWrites(StoreBase):
+    """``Store``'s writes of the record, outside any lease."""
+
+    # Built by ``Store.__init__``: inserts that a conflict turns into nothing,
+    # and the lease statements (a waiting status observed counts as checked).
+    _record_once: Any
+    _items_once: Any
+    _leases: LeaseStatements
+
+    async def add_trigger(self, session_id: str, trigger: str, now: datetime) -> None:
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                _ADD_TRIGGER, {"session_id": session_id, "trigger": trigger, "at": now}
+            )
+
+        await self._write(work)
+
+    async def observe(
+        self,
+        snapshot: SessionSnapshot,
+        status: str,
+        may_replace: Iterable[str],
+        now: datetime,
+        *,
+        trigger: str | None = None,
+        email: QueuedEmail | None = None,
+    ) -> bool:
+        """Record what the API said about a session; True when it moved to ``status``.
+
+        Inserts the record (and its items) when new; otherwise refreshes the
+        session's fields, and moves the status to ``status`` only from one of
+        ``may_replace``, so a late trigger never moves a record backwards.
+        Items already recorded are left alone: a ``done`` item stays done.
+        ``trigger``, if given, is recorded in the same transaction, and
+        ``email`` queued there when the record moved to ``status``.
+        """
+        fields = {
+            "payment_status": snapshot.payment_status,
+            "livemode": snapshot.livemode,
+            "mode": snapshot.mode,
+            "customer": dict(snapshot.customer),
+            "shipping": dict(snapshot.shipping) if snapshot.shipping else None,
+            "amount_total": snapshot.amount_total,
+            "currency": snapshot.currency,
+            "client_reference_id": snapshot.client_reference_id,
+            "session_metadata": dict(snapshot.metadata),
+        }
+
+        async def work(connection: AsyncConnection) -> bool:
+            inserted = await connection.execute(
+                self._record_once,
+                {
+                    "session_id": snapshot.session_id,
+                    "status": status,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    **fields,
+                },
+            )
+            moved = bool(inserted.rowcount)
+            if not moved:
+                await connection.execute(
+                    update(fulfillments)
+                    .where(fulfillments.c.session_id == snapshot.session_id)
+                    .values(**fields)
+                )
+                changed = await connection.execute(
+                    update(fulfillments)
+                    .where(
+                        fulfillments.c.session_id == snapshot.session_id,
+                        fulfillments.c.status.in_(list(may_replace)),
+                        fulfillments.c.status != status,
+                    )
+                    .values(status=status, updated_at=now)
+                )
+                moved = bool(changed.rowcount)
+            if moved and email is not None:
+                await enqueue(connection, self._insert, snapshot.session_id, email, now, self.time)
+            if snapshot.items:
+                await connection.execute(
+                    self._items_once,
+                    [
+                        {
+                            "session_id": snapshot.session_id,
+                            "line_item_id": item.line_item_id,
+                            "position": item.position,
+                            "price_id": item.price_id,
+                            "product_id": item.product_id,
+                            "description": item.description,
+                            "quantity": item.quantity,
+                            "amount_total": item.amount_total,
+                            "currency": item.currency,
+                            "status": ITEM_PENDING,
+                            "attempts": 0,
+                        }
+                        for item in snapshot.items
+                    ],
+                )
+            if trigger is not None:
+                await connection.execute(
+                    _ADD_TRIGGER,
+                    {"session_id": snapshot.session_id, "trigger": trigger, "at": now},
+                )
+            if status in CHECKED:
+                await connection.execute(
+                    self._leases.checked,
+                    {"b_session_id": snapshot.session_id, **self.time.params()},
+                )
+            return moved
+
+        return await self._write(work)
+
+    async def set_status(
+        self,
+        session_id: str,
+        status: str,
+        may_replace: Iterable[str],
+        now: datetime,
+        *,
+        email: QueuedEmail | None = None,
+    ) -> bool:
+        """Move to ``status`` from one of ``may_replace``; creates a bare record if none.
+
+        ``email``, if given, is queued in the same transaction when the status moved.
+        """
+
+        async def work(connection: AsyncConnection) -> bool:
+            moved = await _move(connection)
+            if moved and email is not None:
+                await enqueue(connection, self._insert, session_id, email, now, self.time)
+            return moved
+
+        async def _move(connection: AsyncConnection) -> bool:
+            inserted = await connection.execute(
+                self._insert(fulfillments)
+                .values(
+                    session_id=session_id,
+                    status=status,
+                    livemode=session_id.startswith("cs_live_"),
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["session_id"])
+            )
+            if inserted.rowcount:
+                return True
+            result = await connection.execute(
+                update(fulfillments)
+                .where(
+                    fulfillments.c.session_id == session_id,
+                    fulfillments.c.status.in_(list(may_replace)),
+                )
+                .values(status=status, updated_at=now)
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def take_check(self, session_id: str, interval: float) -> bool:
+        """May Stripe be asked about this waiting session now? True for one caller per interval.
+
+        One conditional write on the database's clock: of all the visitors
+        and instances asking at once, one gets True, and nobody again for
+        ``interval`` seconds (``observe`` of a waiting status counts as asked).
+        """
+
+        async def work(connection: AsyncConnection) -> bool:
+            result = await connection.execute(
+                self._leases.take_check,
+                {"b_session_id": session_id, **self.time.params(b_ago=-interval)},
+            )
+            return bool(result.rowcount)
+
+        return await self._write(work)
