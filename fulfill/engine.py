@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import stamina
 from cachetools import LRUCache
 
 from fulfill import logs
 from fulfill.actions import Action, ActionError, ItemContext, PermanentActionError
-from fulfill.catalog import Catalog, CatalogEntry
-from fulfill.errors import FulfillError
+from fulfill.catalog import Catalog
+from fulfill.errors import FulfillError, describe
+from fulfill.lease import LeaseKeeper
 from fulfill.metrics import Metrics
 from fulfill.records import (
     AWAITING_PAYMENT,
@@ -140,10 +140,8 @@ class Engine:
         # triggers in one process await one task instead of polling the database.
         self._running: dict[str, asyncio.Task[None]] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        # When this process last knew it held each session's lease (monotonic
-        # seconds): a claim, a heartbeat, an item recorded under it.
-        self._confirmed: dict[str, float] = {}
-        self.monotonic: Callable[[], float] = time.monotonic
+        # The leases this process holds while it performs (fulfill/lease.py).
+        self.lease = LeaseKeeper(store, self.owner, self.options.lease_seconds, self.metrics)
         # Fulfilled records, final by nature (no status replaces ``fulfilled``),
         # kept for the landing page's refreshes; the least recently asked for
         # dropped first, so a page a customer keeps refreshing stays here.
@@ -388,15 +386,15 @@ class Engine:
 
     async def _perform(self, session_id: str, snapshot: SessionSnapshot) -> None:
         now = self.clock()
-        asked = self.monotonic()
+        asked = self.lease.monotonic()
         if not await self.store.claim(session_id, self.owner, self.options.lease_seconds, now):
             # Another process claimed it first: its outcome is what our callers wait for.
             await self._await_outcome(
                 session_id, "claim", self.options.wait_seconds, takeover=False
             )
             return
-        self._confirmed[session_id] = asked
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(session_id))
+        self.lease.confirm(session_id, asked)
+        heartbeat = asyncio.get_running_loop().create_task(self.lease.heartbeat(session_id))
         try:
             await self._perform_items(session_id, snapshot)
         except asyncio.CancelledError:
@@ -407,7 +405,7 @@ class Engine:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            self._confirmed.pop(session_id, None)
+            self.lease.forget(session_id)
 
     async def _perform_items(self, session_id: str, snapshot: SessionSnapshot) -> None:
         record = await self._get(session_id)
@@ -428,10 +426,10 @@ class Engine:
                     f"No catalog entry matches line item {item.line_item_id} "
                     f"({line.facts.describe()}); add one to the catalog, then retry."
                 )
-            if not await self._still_ours(session_id):
+            if not await self.lease.still_ours(session_id):
                 log.warning("lost the lease on %s…; another worker continues", session_id[:16])
                 return
-            context = self._context(snapshot, line.line_item_id, entry)
+            context = ItemContext.for_item(snapshot, line.line_item_id, entry)
             started = time.perf_counter()
             try:
                 result = await self.actions[entry.index].perform(context)
@@ -439,7 +437,7 @@ class Engine:
                 self.metrics.action_seconds.labels(entry.action, "failed").observe(
                     time.perf_counter() - started
                 )
-                message = _describe(exc)
+                message = describe(exc)
                 await self.store.item_failed(
                     session_id, item.line_item_id, message, action=entry.action
                 )
@@ -454,7 +452,7 @@ class Engine:
             )
             done = (session_id, item.line_item_id, self.owner, result, self.clock())
             # What a write proves is that the lease was ours when it was sent.
-            asked = self.monotonic()
+            asked = self.lease.monotonic()
             if n == len(pending) - 1:
                 # The last item and the session's end: one transaction.
                 recorded, finished = await self.store.finish_with_item(
@@ -468,7 +466,7 @@ class Engine:
                 # Our lease was taken over: the new owner carries on; stop here.
                 log.warning("lost the lease on %s…; another worker continues", session_id[:16])
                 return
-            self._confirmed[session_id] = asked
+            self.lease.confirm(session_id, asked)
         if finished is None:  # nothing was left to perform
             finished = await self.store.finish(session_id, self.owner, self.clock(), email=email)
         if finished:
@@ -479,29 +477,8 @@ class Engine:
         else:
             log.warning("could not mark the session fulfilled; the lease was lost")
 
-    def _context(
-        self, snapshot: SessionSnapshot, line_item_id: str, entry: CatalogEntry
-    ) -> ItemContext:
-        line = next(i for i in snapshot.items if i.line_item_id == line_item_id)
-        return ItemContext(
-            session_id=snapshot.session_id,
-            line_item_id=line.line_item_id,
-            price_id=line.price_id,
-            product_id=line.product_id,
-            description=line.description,
-            quantity=line.quantity,
-            currency=line.currency,
-            amount_total=line.amount_total,
-            customer=dict(snapshot.customer),
-            shipping=dict(snapshot.shipping) if snapshot.shipping else None,
-            metadata=dict(snapshot.metadata),
-            livemode=snapshot.livemode,
-            options=entry.options,
-            entry_name=entry.name,
-        )
-
     async def _failed(self, session_id: str, exc: Exception) -> None:
-        message = _describe(exc)
+        message = describe(exc)
         try:
             record = await self._get(session_id)
             retry_in: float | None = None
@@ -524,69 +501,9 @@ class Engine:
                 "lease expires: %s",
                 session_id[:16],
                 message,
-                _describe(error),
+                describe(error),
             )
         self.metrics.fulfillments.labels("failed").inc()
-
-    async def _still_ours(self, session_id: str) -> bool:
-        """Before an item: is the lease still ours? Asked only when not known lately.
-
-        The heartbeat keeps the lease while the process runs; a process that
-        stalled (a paused VM, a blocked loop) past half the lease since it last
-        knew may have lost it to another worker, which may be performing the
-        same items: renew (conditionally on still owning it) before going on.
-        """
-        if self.monotonic() - self._confirmed.get(session_id, 0.0) < self.options.lease_seconds / 2:
-            return True
-        return await self._renew(session_id)
-
-    async def _renew(self, session_id: str) -> bool:
-        """Extend our lease; when it was, note it confirmed as of before the write."""
-        asked = self.monotonic()
-        renewed = await self.store.renew(session_id, self.owner, self.options.lease_seconds)
-        if renewed:
-            self._confirmed[session_id] = asked
-        return renewed
-
-    async def _heartbeat(self, session_id: str) -> None:
-        """Keep the lease while actions run; a slow action must not look like a dead worker.
-
-        Renews every third of a lease. A renewal that fails (a dropped
-        connection, a lock timeout, a failover) is tried again at once, with
-        a short jittered backoff, until the next beat is due: one database
-        error must not end the heartbeat, or the lease runs out under a slow
-        action and another instance performs the same item again. Only the
-        database saying the lease is another's ends it. If every renewal
-        fails for longer than the lease, the next item is not begun without
-        a renewal (``_still_ours``); what was in flight may then be performed
-        again by whoever takes over, with the same Idempotency-Key.
-        """
-        beat = self.options.lease_seconds / 3
-        while True:
-            await asyncio.sleep(beat)
-            try:
-                async for attempt in stamina.retry_context(
-                    on=Exception,
-                    attempts=None,
-                    timeout=beat,
-                    wait_initial=min(0.05, beat / 10),
-                    wait_max=max(beat / 4, 0.05),
-                ):
-                    with attempt:
-                        if attempt.num > 1:
-                            self.metrics.lease_renewal_errors.inc()
-                        renewed = await self._renew(session_id)
-            except Exception as exc:
-                self.metrics.lease_renewal_errors.inc()
-                log.warning(
-                    "could not renew the lease on %s… for %.1f s (still trying): %s",
-                    session_id[:16],
-                    beat,
-                    _describe(exc),
-                )
-                continue
-            if not renewed:
-                return
 
     # -- the background worker's step ----------------------------------------------------
 
@@ -620,13 +537,6 @@ async def _bounded(task: asyncio.Task[None], wait: float) -> None:
     """
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(task), wait)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, FulfillError):
-        return exc.message
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:1000]
 
 
 __all__ = [

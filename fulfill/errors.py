@@ -31,3 +31,11 @@ class CatalogError(ConfigError):
     """The catalog file is missing or invalid; the message names the entry and field."""
 
     code = "catalog_error"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a log or a record: a ``FulfillError``'s message, else its type and text."""
+    if isinstance(exc, FulfillError):
+        return exc.message
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:1000]

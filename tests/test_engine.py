@@ -286,7 +286,7 @@ def test_an_instance_stalled_past_its_lease_between_items_stops_before_the_next(
         try:
             engine = service.engine
             now = [1000.0]
-            engine.monotonic = lambda: now[0]
+            engine.lease.monotonic = lambda: now[0]
             recorded = service.store.item_done
 
             async def then_stall(*args: Any, **options: Any) -> bool:

@@ -22,9 +22,13 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fulfill.errors import FulfillError
+
+if TYPE_CHECKING:
+    from fulfill.catalog import CatalogEntry
+    from fulfill.records import SessionSnapshot
 
 
 def utcnow() -> datetime:
@@ -71,6 +75,29 @@ class ItemContext:
     @property
     def idempotency_key(self) -> str:
         return f"{self.session_id}:{self.line_item_id}"
+
+    @classmethod
+    def for_item(
+        cls, snapshot: SessionSnapshot, line_item_id: str, entry: CatalogEntry
+    ) -> ItemContext:
+        """What the action of ``entry`` is given for one line item of ``snapshot``."""
+        line = next(i for i in snapshot.items if i.line_item_id == line_item_id)
+        return cls(
+            session_id=snapshot.session_id,
+            line_item_id=line.line_item_id,
+            price_id=line.price_id,
+            product_id=line.product_id,
+            description=line.description,
+            quantity=line.quantity,
+            currency=line.currency,
+            amount_total=line.amount_total,
+            customer=dict(snapshot.customer),
+            shipping=dict(snapshot.shipping) if snapshot.shipping else None,
+            metadata=dict(snapshot.metadata),
+            livemode=snapshot.livemode,
+            options=entry.options,
+            entry_name=entry.name,
+        )
 
 
 class Action(Protocol):
