@@ -157,7 +157,13 @@ def test_the_landing_json_is_the_customers_view_without_internals(
             metadata={"crm_note": "vip-internal-7731"},
             client_reference_id="crm-ref-5521",
         )
-        record = wait_status(service, session_id, "failed")
+        wait_status(service, session_id, "failed")
+        # The landing page's polling may have failed it first: let the webhook land too.
+        idle = service.shop.control.get(
+            "/_emulator/webhooks/idle", params={"timeout": 60}, timeout=70
+        )
+        assert idle.json() == {"idle": True}
+        record = service.record(session_id)
         # The internals are there for operators (the store, the admin API, fulfill show) …
         assert receiver_url in record["last_error"]
         assert any(t.startswith("webhook:evt_") for t in record["triggers"])
