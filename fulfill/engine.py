@@ -322,8 +322,6 @@ class Engine:
                 f"{'live' if self.livemode else 'test'} mode key."
             )
 
-    # Both judged by the database's clock when the record was read (``DbTime``):
-    # an instance whose host clock runs ahead must not take live leases over.
     async def _check_due(self, record: FulfillmentRecord) -> bool:
         """May a landing visit ask Stripe about this record now?
 
@@ -341,6 +339,8 @@ class Engine:
             return True
         return await self.store.take_check(record.session_id, self.options.payment_check_seconds)
 
+    # Both judged by the database's clock when the record was read (``DbTime``):
+    # an instance whose host clock runs ahead must not take live leases over.
     def _retry_due(self, record: FulfillmentRecord) -> bool:
         return record.retry_due
 
