@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
     DatabaseError,
     DBAPIError,
@@ -26,7 +28,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
     SQLAlchemyError,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fulfill.engine import utcnow
 from fulfill.records import MAY_REPLACE, PENDING, SessionSnapshot
@@ -135,7 +137,7 @@ async def test_writes_wait_for_another_process_and_hold_the_lock_themselves(
         other.execute("BEGIN")  # released; the fixture's ROLLBACK ends this one
         await asyncio.wait_for(pending, 5)
 
-    async def holds_lock(connection: AsyncConnection) -> None:
+    def holds_lock(connection: Connection) -> None:
         intruder = sqlite3.connect(store.engine.url.database or "", timeout=0)
         try:
             with pytest.raises(sqlite3.OperationalError, match="locked"):
@@ -230,14 +232,15 @@ async def test_writers_of_two_processes_take_turns_and_a_cancelled_one_gives_its
     try:
         now = utcnow()
         await first.observe(snapshot(), PENDING, MAY_REPLACE[PENDING], now)
-        inside, leave = asyncio.Event(), asyncio.Event()
+        # The transaction runs in the writer thread: it waits on threading events.
+        inside, leave = threading.Event(), threading.Event()
 
-        async def slow(connection: AsyncConnection) -> None:
+        def slow(connection: Connection) -> None:
             inside.set()
-            await leave.wait()
+            leave.wait(10)
 
         holder = asyncio.create_task(write(first.engine, slow))
-        await inside.wait()
+        assert await asyncio.to_thread(inside.wait, 10)
         waiter = asyncio.create_task(second.add_trigger(SESSION_ID, "second", now))
         await asyncio.sleep(0.2)
         assert not waiter.done(), "the other process's writer waits for its turn"
@@ -250,7 +253,7 @@ async def test_writers_of_two_processes_take_turns_and_a_cancelled_one_gives_its
         inside.clear()
         leave.clear()
         holder = asyncio.create_task(write(first.engine, slow))
-        await inside.wait()
+        assert await asyncio.to_thread(inside.wait, 10)
         waiter = asyncio.create_task(second.add_trigger(SESSION_ID, "cancelled", now))
         await asyncio.sleep(0.2)
         waiter.cancel()

@@ -59,7 +59,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -149,15 +150,15 @@ class GatedStore(Store):
 
     A process that dies inside a SQLite transaction leaves nothing of it
     (SQLite rolls it back), just as if it had died before it. A task cancelled
-    inside one, unlike a dead process, can leave its connection holding the
-    database's write lock: so ``Instance.kill`` cancels between transactions.
+    inside one is not a dead process: its transaction runs to its end in the
+    writer thread. So ``Instance.kill`` cancels between transactions.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
         self.gate = asyncio.Lock()
 
-    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def _write(self, work: Callable[[Connection], T]) -> T:
         async with self.gate:
             return await super()._write(work)
 

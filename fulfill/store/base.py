@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import BindParameter
 
 from fulfill.store import database
@@ -31,6 +32,7 @@ class StoreBase:
     # ``insert`` of the engine's dialect, whose inserts can ``on_conflict_do_nothing``.
     _insert: Callable[..., Any]
 
-    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` in one transaction, retrying briefly if SQLite stays locked."""
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` (synchronous) in one transaction, retrying briefly if SQLite stays
+        locked (``database.write``)."""
         return await database.write(self.engine, work)

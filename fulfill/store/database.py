@@ -7,14 +7,16 @@ process wrote in between (SQLITE_BUSY_SNAPSHOT ignores the busy timeout);
 taking the write lock up front turns that into waiting. Connections opened
 with ``read`` begin no transaction at all: each statement reads one WAL
 snapshot, which neither waits for the writer nor holds it up, so a page view
-or a duplicate webhook never queues behind fulfillments. Writers take turns
-(``WriteTurn``) before they ask SQLite: an ``asyncio.Lock`` in the process,
-an ``flock`` on ``<database>.writer`` across processes. Waiting in SQLite's
+or a duplicate webhook never queues behind fulfillments. Reads go through
+aiosqlite; writes, whole transactions at a time, through one writer thread
+per process (``SqliteWriter``), which takes turns with other processes on an
+``flock`` of ``<database>.writer`` before it asks SQLite. Waiting in SQLite's
 busy handler means sleeping 1, 2, 5 … 100 ms between polls, so under load
 most of the lock's time was spent asleep; the turn is handed over at once.
 
-PostgreSQL: asyncpg with a pool; migrations under an advisory lock so that
-several instances starting at once apply them once.
+PostgreSQL: asyncpg with a pool; a write transaction runs as one ``run_sync``;
+migrations under an advisory lock so that several instances starting at once
+apply them once.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import sqlalchemy
 import stamina
 from alembic import command
 from alembic.config import Config
@@ -52,79 +57,133 @@ MIGRATION_LOCK_KEY = 0x46554C46
 READ_ONLY = "fulfill_read_only"
 
 
-class WriteTurn:
-    """Whose turn it is to write to one SQLite file: one writer at a time, without sleeping.
+class SqliteWriter:
+    """The one thread that writes one SQLite file for this process, a transaction at a time.
 
-    In this process an ``asyncio.Lock``; across processes an exclusive
-    ``flock`` on ``<database>.writer`` next to the file, which the kernel
-    hands to the next waiter the moment it is released (SQLite's own lock can
-    only be polled, by sleeps of up to 100 ms). It only orders writers: each
-    still begins ``IMMEDIATE``, so SQLite's lock keeps deciding, and a writer
-    that does not take the turn (another tool) is merely not queued.
+    A transaction is handed to this thread whole (``run``): SQLAlchemy's sync
+    API on the standard ``sqlite3`` driver, ``BEGIN IMMEDIATE`` to ``COMMIT``,
+    one trip across threads. Through the asyncio engine every statement costs
+    four trips to aiosqlite's thread and a greenlet switch each way: about
+    300 µs of CPU for a one-statement transaction against 100 µs here, and
+    a fulfillment writes a few of them (docs/benchmark.md).
+
+    Writers take turns across processes on an exclusive ``flock`` of
+    ``<database>.writer``, taken in this thread, so that the kernel hands the
+    turn to the next process at once (SQLite's own lock can only be polled,
+    by sleeps of up to 100 ms); in the process, the thread's queue is the
+    order. Each transaction still begins ``IMMEDIATE``: SQLite's lock keeps
+    deciding, and a writer that does not take the turn (another tool) is
+    merely not queued.
     """
 
-    def __init__(self, database: str | None) -> None:
-        self.lock = asyncio.Lock()
-        self.path = f"{database}.writer" if database and database != ":memory:" else None
+    def __init__(self, database: str) -> None:
+        self.engine = sqlalchemy.create_engine(
+            f"sqlite+pysqlite:///{database}",
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            # One connection, used by the one thread.
+            pool_size=1,
+            max_overflow=0,
+            pool_reset_on_return=None,
+        )
+        _configure_sqlite_connections(self.engine)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self.path = f"{database}.writer"
         self._fd: int | None = None
-        self._closer: weakref.finalize[Any, Any] | None = None
 
-    def _file(self) -> int | None:
-        if self._fd is None and self.path is not None:
+    def _turn(self) -> int | None:
+        if self._fd is None and self.path:
             try:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             except OSError:
-                self.path = None  # a read-only folder: SQLite's own lock alone
-            else:
-                # Closed with the engine (``dispose``), or at the latest when collected.
-                self._closer = weakref.finalize(self, os.close, self._fd)
+                self.path = ""  # a read-only folder: SQLite's own lock alone
         return self._fd
 
-    async def __aenter__(self) -> None:
-        await self.lock.acquire()
-        fd = self._file()
-        if fd is None:
-            return
+    def _transaction(self, work: Callable[[Connection], T], job: _Job) -> T:
+        fd = self._turn()
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        except BaseException:
-            self.lock.release()
-            raise
-        waiting = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+            if not job.begin():
+                raise _Abandoned  # its caller left while it waited for the turn
+            with self.engine.begin() as connection:
+                return work(connection)
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        job = _Job()
+        submitted = self.executor.submit(self._transaction, work, job)
+        waiting = asyncio.wrap_future(submitted)
         try:
-            await asyncio.shield(waiting)
+            return await asyncio.shield(waiting)
         except asyncio.CancelledError:
-            # The thread takes the file lock whatever happens now: give it and
-            # this process's turn back only then, or another writer here would
-            # believe it held a lock the thread is about to take.
-            waiting.add_done_callback(self._give_back)
-            raise
-        except BaseException:
-            self.lock.release()
+            # Not begun (queued, or waiting for another process's turn): it never
+            # will be. Begun: it runs to its end in the thread whatever happens
+            # here, so the cancellation lands after it (a task cancelled between
+            # two writes has written the first one).
+            if job.abandon():
+                waiting.add_done_callback(_retrieved)
+            else:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(waiting)
             raise
 
-    def _give_back(self, waiting: asyncio.Future[None]) -> None:
-        if self._fd is not None and not waiting.cancelled() and waiting.exception() is None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self.lock.release()
-
-    async def __aexit__(self, *exc: object) -> None:
+    def _close(self) -> None:
+        self.engine.dispose()
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self.lock.release()
+            os.close(self._fd)
+            self._fd = None
 
-    def close(self) -> None:
-        if self._closer is not None:
-            self._closer()
-        self._fd = None
+    async def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the executor was shut down already
+            await asyncio.wrap_future(self.executor.submit(self._close))
+        self.executor.shutdown(wait=False)
 
 
-# One turn per SQLite engine (see the module docstring); weak, so that an
-# engine disposed of takes its turn with it.
-_write_turns: weakref.WeakKeyDictionary[AsyncEngine, WriteTurn] = weakref.WeakKeyDictionary()
+class _Abandoned(Exception):
+    """A transaction whose caller was cancelled before it began: not run."""
+
+
+class _Job:
+    """A transaction handed to the writer thread: begun, or abandoned by its caller first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._begun = False
+        self._abandoned = False
+
+    def begin(self) -> bool:
+        with self._lock:
+            self._begun = not self._abandoned
+            return self._begun
+
+    def abandon(self) -> bool:
+        """True when it had not begun: it never will."""
+        with self._lock:
+            self._abandoned = not self._begun
+            return self._abandoned
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # an abandoned job's ``_Abandoned``: nobody waits for it
+
+
+# One writer per SQLite engine (see ``SqliteWriter``); weak, so that an engine
+# disposed of takes its writer with it.
+_writers: weakref.WeakKeyDictionary[AsyncEngine, SqliteWriter] = weakref.WeakKeyDictionary()
+
+
+def _writer(engine: AsyncEngine) -> SqliteWriter | None:
+    """The writer thread of a SQLite file; None for PostgreSQL and in-memory SQLite."""
+    writer = _writers.get(engine)
+    if writer is None and is_sqlite(engine):
+        database = engine.url.database
+        if not database or database == ":memory:":
+            return None
+        writer = _writers.setdefault(engine, SqliteWriter(database))
+    return writer
 
 
 def async_url(url: str) -> str:
@@ -158,6 +217,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             # (2x the CPU of a landing page at 32 at once). They wait their
             # turn instead; writers take one connection at a time anyway.
             max_overflow=0,
+            # Reset by ``on_reset`` below: only a connection left in a transaction.
+            pool_reset_on_return=None,
         )
         _configure_sqlite(engine)
         return engine
@@ -166,8 +227,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite_connections(engine: sqlalchemy.Engine) -> None:
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_connection.isolation_level = None
@@ -176,6 +237,30 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+    if engine.dialect.driver == "pysqlite":
+
+        @event.listens_for(engine, "begin")
+        def on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine, "reset")
+        def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any) -> None:
+            if dbapi_connection.in_transaction:
+                dbapi_connection.rollback()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    _configure_sqlite_connections(engine.sync_engine)
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any) -> None:
+        # The pool's reset is a ROLLBACK on every return, a trip to aiosqlite's
+        # thread each time a connection was used (every read, every write
+        # after its COMMIT); a connection comes back in a transaction only when
+        # a transaction was left unfinished, and only that one is rolled back.
+        if dbapi_connection.driver_connection.in_transaction:
+            dbapi_connection.rollback()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
@@ -361,53 +446,52 @@ class Query:
         ]
 
 
-async def write(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+async def write(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
     """Run ``work`` in one transaction, retrying briefly if SQLite stays locked.
 
-    ``work`` must only use the connection it is given: on SQLite the
-    process's other writers wait for it.
+    ``work`` is synchronous, and must only use the connection it is given:
+    on a SQLite file it runs in the file's writer thread (``SqliteWriter``),
+    elsewhere (PostgreSQL) inside the asyncio engine's ``run_sync``, one
+    greenlet for the whole transaction.
     """
-    turn: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-    if is_sqlite(engine):
-        turn = _write_turns.get(engine) or _write_turns.setdefault(
-            engine, WriteTurn(engine.url.database)
-        )
+    writer = _writer(engine)
 
     async def once() -> T:
+        if writer is not None:
+            return await writer.run(work)
         async with engine.begin() as connection:
-            return await work(connection)
+            return await connection.run_sync(work)
 
     def locked(exc: Exception) -> bool:
         return isinstance(exc, OperationalError) and "locked" in str(exc).lower()
 
-    async with turn:
-        # The first try without stamina: every write of the service passes
-        # here, and a retry context costs about 17 µs to build against 0.2 µs
-        # for a plain call (measured with stamina 26.1); it is needed only once
-        # SQLite stayed locked past its busy timeout.
-        try:
+    # The first try without stamina: every write of the service passes here,
+    # and a retry context costs about 17 µs to build against 0.2 µs for a
+    # plain call (measured with stamina 26.1); it is needed only once SQLite
+    # stayed locked past its busy timeout.
+    try:
+        return await once()
+    except OperationalError as exc:
+        if not locked(exc):
+            raise
+    async for attempt in stamina.retry_context(
+        on=locked,
+        attempts=4,
+        timeout=None,
+        wait_initial=0.05,
+        wait_max=0.2,
+        wait_jitter=0.0,
+    ):
+        with attempt:
             return await once()
-        except OperationalError as exc:
-            if not locked(exc):
-                raise
-        async for attempt in stamina.retry_context(
-            on=locked,
-            attempts=4,
-            timeout=None,
-            wait_initial=0.05,
-            wait_max=0.2,
-            wait_jitter=0.0,
-        ):
-            with attempt:
-                return await once()
     raise AssertionError("unreachable")
 
 
 async def dispose(engine: AsyncEngine) -> None:
-    """Close the engine's connections (and its writers' lock file)."""
-    turn = _write_turns.pop(engine, None)
-    if turn is not None:
-        turn.close()
+    """Close the engine's connections (and its writer thread, with its lock file)."""
+    writer = _writers.pop(engine, None)
+    if writer is not None:
+        await writer.close()
     await engine.dispose()
 
 

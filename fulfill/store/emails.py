@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fulfill.records import iso
 from fulfill.store import database
@@ -84,8 +85,8 @@ def _record(row: Any) -> EmailRecord:
     return EmailRecord(**dict(zip(_FIELDS, row, strict=True)))
 
 
-async def enqueue(
-    connection: AsyncConnection,
+def enqueue(
+    connection: Connection,
     insert: Callable[..., Any],
     session_id: str,
     email: QueuedEmail,
@@ -103,7 +104,7 @@ async def enqueue(
         if email.owner is not None
         else {"status": PENDING, "attempts": 0}
     )
-    await connection.execute(
+    connection.execute(
         insert(emails)
         .values(
             session_id=session_id,
@@ -162,8 +163,8 @@ class Emails:
         The lease runs ``lease`` seconds on the database's clock (``DbTime``).
         """
 
-        async def work(connection: AsyncConnection) -> EmailRecord | None:
-            claimed = await connection.execute(
+        def work(connection: Connection) -> EmailRecord | None:
+            claimed = connection.execute(
                 update(emails)
                 .where(
                     emails.c.session_id == session_id, emails.c.kind == kind, _due(self.time.now)
@@ -180,7 +181,7 @@ class Emails:
             if not claimed.rowcount:
                 return None
             row = (
-                await connection.execute(
+                connection.execute(
                     select(*(emails.c[name] for name in _FIELDS)).where(
                         emails.c.session_id == session_id, emails.c.kind == kind
                     )
@@ -199,8 +200,8 @@ class Emails:
         params: dict[str, Any] | None = None,
         **values: Any,
     ) -> bool:
-        async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(
+        def work(connection: Connection) -> bool:
+            result = connection.execute(
                 update(emails)
                 .where(
                     emails.c.session_id == session_id,
@@ -265,8 +266,8 @@ class Emails:
     async def retry(self, session_id: str, now: datetime) -> int:
         """An operator's retry: every failed or skipped email of the session is due again."""
 
-        async def work(connection: AsyncConnection) -> int:
-            result = await connection.execute(
+        def work(connection: Connection) -> int:
+            result = connection.execute(
                 update(emails)
                 .where(emails.c.session_id == session_id, emails.c.status.in_((FAILED, SKIPPED)))
                 .values(status=PENDING, next_attempt_at=None, updated_at=now)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.store import database
 from fulfill.store.base import StoreBase, param
@@ -51,8 +51,8 @@ class EventLog(StoreBase):
         if await self._event_recorded.rows(self.engine, {"event_id": event_id}):
             return False
 
-        async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(
+        def work(connection: Connection) -> bool:
+            result = connection.execute(
                 self._event_once,
                 {
                     "event_id": event_id,
@@ -68,8 +68,8 @@ class EventLog(StoreBase):
         return await self._write(work)
 
     async def set_event_outcome(self, event_id: str, outcome: str, now: datetime) -> None:
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
+        def work(connection: Connection) -> None:
+            connection.execute(
                 _SET_EVENT_OUTCOME, {"b_event_id": event_id, "b_outcome": outcome, "b_now": now}
             )
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.store import database
 from fulfill.store.repository import Store
@@ -90,8 +90,8 @@ class Inbox:
         any host, one gets a row back.
         """
 
-        async def work(connection: AsyncConnection) -> int | None:
-            result = await connection.execute(
+        def work(connection: Connection) -> int | None:
+            result = connection.execute(
                 self._claim,
                 {"b_event_id": event_id, "b_owner": owner, **self.store.time.params(b_lease=lease)},
             )
@@ -107,8 +107,8 @@ class Inbox:
         is only ever set once the event has been acted on).
         """
 
-        async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(
+        def work(connection: Connection) -> bool:
+            result = connection.execute(
                 self._release,
                 {"b_event_id": event_id, "b_owner": owner, **self.store.time.params(b_after=after)},
             )

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.records import (
     AWAITING_PAYMENT,
@@ -227,8 +227,8 @@ class Leases(StoreBase):
         taken: list[str] = []
         for session_id in candidates:
 
-            async def work(connection: AsyncConnection, session_id: str = session_id) -> bool:
-                result = await connection.execute(
+            def work(connection: Connection, session_id: str = session_id) -> bool:
+                result = connection.execute(
                     take, {"b_session_id": session_id, **self.time.params(b_window=window)}
                 )
                 return bool(result.rowcount)
@@ -249,8 +249,8 @@ class Leases(StoreBase):
 
         params = {"b_session_id": session_id, "b_owner": owner, "b_now": now}
 
-        async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(
+        def work(connection: Connection) -> bool:
+            result = connection.execute(
                 self._leases.claim, {**params, **self.time.params(b_lease=lease)}
             )
             return bool(result.rowcount)
@@ -264,15 +264,13 @@ class Leases(StoreBase):
         meanwhile: nobody else claimed it, so nobody else performed anything.
         """
 
-        async def work(connection: AsyncConnection) -> bool:
-            return await self._renew(connection, session_id, owner, lease)
+        def work(connection: Connection) -> bool:
+            return self._renew(connection, session_id, owner, lease)
 
         return await self._write(work)
 
-    async def _renew(
-        self, connection: AsyncConnection, session_id: str, owner: str, lease: float
-    ) -> bool:
-        result = await connection.execute(
+    def _renew(self, connection: Connection, session_id: str, owner: str, lease: float) -> bool:
+        result = connection.execute(
             self._leases.renew,
             {"b_session_id": session_id, "b_owner": owner, **self.time.params(b_lease=lease)},
         )
@@ -295,8 +293,8 @@ class Leases(StoreBase):
         transaction: a True answer proves a whole lease ahead.
         """
 
-        async def work(connection: AsyncConnection) -> bool:
-            return await self._item_done(
+        def work(connection: Connection) -> bool:
+            return self._item_done(
                 connection, session_id, line_item_id, owner, result, now, action, lease
             )
 
@@ -320,20 +318,20 @@ class Leases(StoreBase):
         the item could not be recorded. ``email`` is queued with the finish.
         """
 
-        async def work(connection: AsyncConnection) -> tuple[bool, bool]:
-            if not await self._item_done(
+        def work(connection: Connection) -> tuple[bool, bool]:
+            if not self._item_done(
                 connection, session_id, line_item_id, owner, result, now, action, lease
             ):
                 return False, False
-            return True, await self._finish(connection, session_id, owner, now, email)
+            return True, self._finish(connection, session_id, owner, now, email)
 
         return await self._write(work)
 
     async def item_failed(
         self, session_id: str, line_item_id: str, error: str, *, action: str | None = None
     ) -> None:
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
+        def work(connection: Connection) -> None:
+            connection.execute(
                 _ITEM_FAILED,
                 {
                     "b_session_id": session_id,
@@ -350,22 +348,22 @@ class Leases(StoreBase):
     ) -> bool:
         """``fulfilled``, only if every item is done and we hold the lease (``email`` with it)."""
 
-        async def work(connection: AsyncConnection) -> bool:
-            return await self._finish(connection, session_id, owner, now, email)
+        def work(connection: Connection) -> bool:
+            return self._finish(connection, session_id, owner, now, email)
 
         return await self._write(work)
 
-    async def _finish(
+    def _finish(
         self,
-        connection: AsyncConnection,
+        connection: Connection,
         session_id: str,
         owner: str,
         now: datetime,
         email: QueuedEmail | None,
     ) -> bool:
-        finished = await _finish(connection, session_id, owner, now)
+        finished = _finish(connection, session_id, owner, now)
         if finished and email is not None:
-            await enqueue(connection, self._insert, session_id, email, now, self.time)
+            enqueue(connection, self._insert, session_id, email, now, self.time)
         return finished
 
     async def fail(
@@ -380,20 +378,20 @@ class Leases(StoreBase):
         time), or with None only when an operator says so."""
         params = {"b_session_id": session_id, "b_owner": owner, "b_error": error, "b_now": now}
 
-        async def work(connection: AsyncConnection) -> bool:
+        def work(connection: Connection) -> bool:
             if retry_in is None:
-                result = await connection.execute(self._leases.fail_for_good, params)
+                result = connection.execute(self._leases.fail_for_good, params)
             else:
-                result = await connection.execute(
+                result = connection.execute(
                     self._leases.fail, {**params, **self.time.params(b_retry=retry_in)}
                 )
             return bool(result.rowcount)
 
         return await self._write(work)
 
-    async def _item_done(
+    def _item_done(
         self,
-        connection: AsyncConnection,
+        connection: Connection,
         session_id: str,
         line_item_id: str,
         owner: str,
@@ -402,9 +400,9 @@ class Leases(StoreBase):
         action: str | None,
         lease: float,
     ) -> bool:
-        if not await self._renew(connection, session_id, owner, lease):
+        if not self._renew(connection, session_id, owner, lease):
             return False
-        updated = await connection.execute(
+        updated = connection.execute(
             _ITEM_DONE,
             {
                 "b_session_id": session_id,
@@ -417,10 +415,10 @@ class Leases(StoreBase):
         return bool(updated.rowcount)
 
 
-async def _finish(connection: AsyncConnection, session_id: str, owner: str, now: datetime) -> bool:
-    if await connection.scalar(_ITEMS_NOT_DONE, {"b_session_id": session_id}):
+def _finish(connection: Connection, session_id: str, owner: str, now: datetime) -> bool:
+    if connection.scalar(_ITEMS_NOT_DONE, {"b_session_id": session_id}):
         return False
-    result = await connection.execute(
+    result = connection.execute(
         _FINISH, {"b_session_id": session_id, "b_owner": owner, "b_now": now}
     )
     return bool(result.rowcount)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.records import ITEM_PENDING, SessionSnapshot
 from fulfill.store.base import StoreBase
@@ -28,8 +28,8 @@ class RecordWrites(StoreBase):
     _leases: LeaseStatements
 
     async def add_trigger(self, session_id: str, trigger: str, now: datetime) -> None:
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
+        def work(connection: Connection) -> None:
+            connection.execute(
                 _ADD_TRIGGER, {"session_id": session_id, "trigger": trigger, "at": now}
             )
 
@@ -66,8 +66,8 @@ class RecordWrites(StoreBase):
             "session_metadata": dict(snapshot.metadata),
         }
 
-        async def work(connection: AsyncConnection) -> bool:
-            inserted = await connection.execute(
+        def work(connection: Connection) -> bool:
+            inserted = connection.execute(
                 self._record_once,
                 {
                     "session_id": snapshot.session_id,
@@ -80,12 +80,12 @@ class RecordWrites(StoreBase):
             )
             moved = bool(inserted.rowcount)
             if not moved:
-                await connection.execute(
+                connection.execute(
                     update(fulfillments)
                     .where(fulfillments.c.session_id == snapshot.session_id)
                     .values(**fields)
                 )
-                changed = await connection.execute(
+                changed = connection.execute(
                     update(fulfillments)
                     .where(
                         fulfillments.c.session_id == snapshot.session_id,
@@ -96,9 +96,9 @@ class RecordWrites(StoreBase):
                 )
                 moved = bool(changed.rowcount)
             if moved and email is not None:
-                await enqueue(connection, self._insert, snapshot.session_id, email, now, self.time)
+                enqueue(connection, self._insert, snapshot.session_id, email, now, self.time)
             if snapshot.items:
-                await connection.execute(
+                connection.execute(
                     self._items_once,
                     [
                         {
@@ -118,12 +118,12 @@ class RecordWrites(StoreBase):
                     ],
                 )
             if trigger is not None:
-                await connection.execute(
+                connection.execute(
                     _ADD_TRIGGER,
                     {"session_id": snapshot.session_id, "trigger": trigger, "at": now},
                 )
             if status in CHECKED:
-                await connection.execute(
+                connection.execute(
                     self._leases.checked,
                     {"b_session_id": snapshot.session_id, **self.time.params()},
                 )
@@ -145,14 +145,14 @@ class RecordWrites(StoreBase):
         ``email``, if given, is queued in the same transaction when the status moved.
         """
 
-        async def work(connection: AsyncConnection) -> bool:
-            moved = await _move(connection)
+        def work(connection: Connection) -> bool:
+            moved = _move(connection)
             if moved and email is not None:
-                await enqueue(connection, self._insert, session_id, email, now, self.time)
+                enqueue(connection, self._insert, session_id, email, now, self.time)
             return moved
 
-        async def _move(connection: AsyncConnection) -> bool:
-            inserted = await connection.execute(
+        def _move(connection: Connection) -> bool:
+            inserted = connection.execute(
                 self._insert(fulfillments)
                 .values(
                     session_id=session_id,
@@ -166,7 +166,7 @@ class RecordWrites(StoreBase):
             )
             if inserted.rowcount:
                 return True
-            result = await connection.execute(
+            result = connection.execute(
                 update(fulfillments)
                 .where(
                     fulfillments.c.session_id == session_id,
@@ -186,8 +186,8 @@ class RecordWrites(StoreBase):
         ``interval`` seconds (``observe`` of a waiting status counts as asked).
         """
 
-        async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(
+        def work(connection: Connection) -> bool:
+            result = connection.execute(
                 self._leases.take_check,
                 {"b_session_id": session_id, **self.time.params(b_ago=-interval)},
             )

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.store.repository import Store
 from fulfill.store.schema import locks, reconcile_runs
@@ -46,14 +46,14 @@ class Runs:
         return _run(row._mapping) if row else None
 
     async def start(self, since: datetime, now: datetime) -> ReconcileRun:
-        async def work(connection: AsyncConnection) -> ReconcileRun:
+        def work(connection: Connection) -> ReconcileRun:
             # A new sweep supersedes any unfinished one.
-            await connection.execute(
+            connection.execute(
                 update(reconcile_runs)
                 .where(reconcile_runs.c.finished_at.is_(None))
                 .values(finished_at=now, results={"abandoned": True})
             )
-            result = await connection.execute(
+            result = connection.execute(
                 insert(reconcile_runs)
                 .values(since=since, cursor=None, started_at=now, updated_at=now)
                 .returning(reconcile_runs.c.id)
@@ -65,8 +65,8 @@ class Runs:
         return await self.store._write(work)
 
     async def advance(self, run_id: int, cursor: str, now: datetime) -> None:
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
+        def work(connection: Connection) -> None:
+            connection.execute(
                 update(reconcile_runs)
                 .where(reconcile_runs.c.id == run_id)
                 .values(cursor=cursor, updated_at=now)
@@ -75,8 +75,8 @@ class Runs:
         await self.store._write(work)
 
     async def finish(self, run_id: int, results: dict[str, Any], now: datetime) -> None:
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
+        def work(connection: Connection) -> None:
+            connection.execute(
                 update(reconcile_runs)
                 .where(reconcile_runs.c.id == run_id)
                 .values(finished_at=now, updated_at=now, results=results)
@@ -93,13 +93,13 @@ class Runs:
         """
         time = self.store.time
 
-        async def work(connection: AsyncConnection) -> bool:
-            await connection.execute(
+        def work(connection: Connection) -> bool:
+            connection.execute(
                 self.store._insert(locks)
                 .values(name=name, owner=None, expires_at=NEVER_HELD)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
-            result = await connection.execute(
+            result = connection.execute(
                 update(locks)
                 .where(locks.c.name == name, locks.c.expires_at < time.now)
                 .values(owner=owner, expires_at=time.plus("b_lease")),

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.records import iso
 from fulfill.store import database
@@ -93,8 +93,8 @@ class Grants(DeliverablesBase):
     ) -> DownloadGrant:
         """Record the grant; a repeat returns the first one (with its original expiry)."""
 
-        async def work(connection: AsyncConnection) -> DownloadGrant:
-            await connection.execute(
+        def work(connection: Connection) -> DownloadGrant:
+            connection.execute(
                 self._insert(download_grants)
                 .values(
                     session_id=session_id,
@@ -107,7 +107,7 @@ class Grants(DeliverablesBase):
                 )
                 .on_conflict_do_nothing(index_elements=["session_id", "line_item_id", "file_name"])
             )
-            grant = await _download(connection, session_id, line_item_id, file_name)
+            grant = _download(connection, session_id, line_item_id, file_name)
             assert grant is not None
             return grant
 
@@ -116,8 +116,8 @@ class Grants(DeliverablesBase):
     async def download(
         self, session_id: str, line_item_id: str, file_name: str
     ) -> DownloadGrant | None:
-        async with self.engine.connect() as connection:
-            return await _download(connection, session_id, line_item_id, file_name)
+        async with database.read(self.engine) as connection:
+            return await connection.run_sync(_download, session_id, line_item_id, file_name)
 
     # -- access ------------------------------------------------------------------------
 
@@ -149,16 +149,16 @@ class Grants(DeliverablesBase):
         """
         email = normalize_email(email)
 
-        async def work(connection: AsyncConnection) -> AccessGrant:
-            existing = await _access_for_item(connection, session_id, line_item_id)
+        def work(connection: Connection) -> AccessGrant:
+            existing = _access_for_item(connection, session_id, line_item_id)
             if existing is not None:
                 return existing
             if not self._sqlite:
-                await connection.execute(
+                connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"),
                     {"key": _lock_key("access", email, service)},
                 )
-            latest = await connection.scalar(
+            latest = connection.scalar(
                 select(func.max(access_grants.c.ends_at)).where(
                     access_grants.c.email == email,
                     access_grants.c.service == service,
@@ -167,7 +167,7 @@ class Grants(DeliverablesBase):
             )
             starts_at = max(now, latest) if latest is not None else now
             ends_at = starts_at + timedelta(seconds=duration) if duration is not None else None
-            await connection.execute(
+            connection.execute(
                 self._insert(access_grants)
                 .values(
                     session_id=session_id,
@@ -186,7 +186,7 @@ class Grants(DeliverablesBase):
                 )
                 .on_conflict_do_nothing(index_elements=["session_id", "line_item_id"])
             )
-            grant = await _access_for_item(connection, session_id, line_item_id)
+            grant = _access_for_item(connection, session_id, line_item_id)
             assert grant is not None
             return grant
 
@@ -213,11 +213,11 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-async def _download(
-    connection: AsyncConnection, session_id: str, line_item_id: str, file_name: str
+def _download(
+    connection: Connection, session_id: str, line_item_id: str, file_name: str
 ) -> DownloadGrant | None:
     row = (
-        await connection.execute(
+        connection.execute(
             select(download_grants).where(
                 and_(
                     download_grants.c.session_id == session_id,
@@ -241,11 +241,11 @@ async def _download(
     )
 
 
-async def _access_for_item(
-    connection: AsyncConnection, session_id: str, line_item_id: str
+def _access_for_item(
+    connection: Connection, session_id: str, line_item_id: str
 ) -> AccessGrant | None:
     row = (
-        await connection.execute(
+        connection.execute(
             select(access_grants).where(
                 access_grants.c.session_id == session_id,
                 access_grants.c.line_item_id == line_item_id,

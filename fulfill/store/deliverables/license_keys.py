@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.errors import FulfillError
 from fulfill.records import iso
@@ -75,10 +75,10 @@ class LicenseKeys(DeliverablesBase):
         """
         email = normalize_email(email) if email else None
 
-        async def work(connection: AsyncConnection) -> list[LicenseKey]:
+        def work(connection: Connection) -> list[LicenseKey]:
             missing: list[int] = []
             for round_ in range(LICENSE_ROUNDS + 1):
-                have = await _keys_for_item(connection, session_id, line_item_id)
+                have = _keys_for_item(connection, session_id, line_item_id)
                 by_unit = {key.unit: key for key in have}
                 missing = [unit for unit in range(quantity) if unit not in by_unit]
                 if not missing:
@@ -101,7 +101,7 @@ class LicenseKeys(DeliverablesBase):
                 for start in range(0, len(rows), _CHUNK):
                     # No conflict target: a row is skipped whether its key is
                     # taken or its unit is (another worker issued it meanwhile).
-                    await connection.execute(
+                    connection.execute(
                         self._insert(license_keys)
                         .values(rows[start : start + _CHUNK])
                         .on_conflict_do_nothing()
@@ -131,10 +131,10 @@ class LicenseKeys(DeliverablesBase):
             return int(await connection.scalar(select(func.count()).select_from(license_keys)) or 0)
 
 
-async def _keys_for_item(
-    connection: AsyncConnection, session_id: str, line_item_id: str
+def _keys_for_item(
+    connection: Connection, session_id: str, line_item_id: str
 ) -> Sequence[LicenseKey]:
-    rows = await connection.execute(
+    rows = connection.execute(
         select(license_keys)
         .where(
             license_keys.c.session_id == session_id,

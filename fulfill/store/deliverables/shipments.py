@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from fulfill.records import iso
 from fulfill.store import database
@@ -82,8 +82,8 @@ class Shipments(DeliverablesBase):
     ) -> Shipment:
         """A ``pending`` shipment for the item; a repeat returns the one already made."""
 
-        async def work(connection: AsyncConnection) -> Shipment:
-            await connection.execute(
+        def work(connection: Connection) -> Shipment:
+            connection.execute(
                 self._insert(shipments)
                 .values(
                     session_id=session_id,
@@ -104,7 +104,7 @@ class Shipments(DeliverablesBase):
                 .on_conflict_do_nothing(index_elements=["session_id", "line_item_id"])
             )
             row = (
-                await connection.execute(
+                connection.execute(
                     select(shipments).where(
                         shipments.c.session_id == session_id,
                         shipments.c.line_item_id == line_item_id,
