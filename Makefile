@@ -41,8 +41,10 @@ soak: $(STAMP)
 # Not part of `make test`: the service next to a bare server on the same stack,
 # on 127.0.0.1 against the emulator (100 ms API latency): new sessions by webhook
 # at rising rates, duplicate webhooks, landing pages, API calls per session, peak
-# RSS; SQLite with 1 and 2 processes, PostgreSQL when it answers. One table and
-# var/bench.json in about 5 minutes (docs/benchmark.md); BENCH_ARGS=--help.
+# RSS; SQLite with 1 and 2 processes, PostgreSQL when it answers; then the code
+# Stripe's fulfillment guide leads to (bench/peers/guide.py) under gunicorn, beside
+# it. One table and var/bench.json in about 5 minutes (docs/benchmark.md);
+# BENCH_ARGS=--help.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -26,10 +26,15 @@ POSTGRES_ADMIN = os.environ.get(
 ).replace("postgresql+asyncpg://", "postgresql://")
 
 FULFILLED_SQL = "SELECT session_id, fulfilled_at FROM fulfillments WHERE status = 'fulfilled'"
+# The guide's peer (bench/peers/guide.py) keeps one row per fulfilled session,
+# written once its items were performed; fulfilled_at in Unix seconds.
+GUIDE_FULFILLED_SQL = "SELECT session_id, fulfilled_at FROM fulfillments"
 
 
-def _epoch(moment: datetime | str) -> float:
-    """Naive UTC (as the store keeps times) → Unix seconds."""
+def _epoch(moment: datetime | str | float) -> float:
+    """Naive UTC (as the store keeps times) → Unix seconds; Unix seconds as they are."""
+    if isinstance(moment, int | float):
+        return float(moment)
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
     return moment.replace(tzinfo=UTC).timestamp()
@@ -49,15 +54,17 @@ class Database:
 class SQLite(Database):
     label = "SQLite"
 
-    def __init__(self, path: Path) -> None:
-        for suffix in ("", "-wal", "-shm"):
+    def __init__(self, path: Path, *, sql: str = FULFILLED_SQL) -> None:
+        """A fresh file at ``path`` (any old one removed); ``sql`` reads what was fulfilled."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         self.path = path
         self.url = f"sqlite:///{path}"
+        self.sql = sql
 
     def _read(self) -> dict[str, float]:
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30) as connection:
-            rows = connection.execute(FULFILLED_SQL).fetchall()
+            rows = connection.execute(self.sql).fetchall()
         return {str(session_id): _epoch(at) for session_id, at in rows}
 
     async def fulfilled(self) -> dict[str, float]:

@@ -24,9 +24,14 @@ if TYPE_CHECKING:
     from bench.run import Config, Options
     from bench.scenarios import Throughput
 
-RSS_LIMIT_MB = 200
+RSS_LIMIT_MB = 150
 TARGET_RATE = 100
 ACK_P99_LIMIT = 1.0
+FULFILLED_P99_RATE = 50  # event → fulfilled p99 at this offered rate,
+FULFILLED_P99_LIMIT = 1.5  # as a multiple of the API latency
+CPU_PER_BARE_LIMIT = 80  # CPU per new session over the bare request's
+CPU_PER_GUIDE_LIMIT = 0.6  # CPU per new session over the guide's code's
+WORKERS_GAIN = 1.5  # --workers 2's sustained rate over x1's
 SHARE_OF_CEILING = 0.5
 # The configuration the issue's targets are stated for.
 BASELINE = "SQLite x1"
@@ -70,9 +75,12 @@ def _commit() -> str | None:
 def _config(config: Config) -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": config.name,
+        # The guide's code (bench/peers/guide.py) under gunicorn: these options.
+        "peer": {"gunicorn": " ".join(config.peer.gunicorn)} if config.peer else None,
         "database": config.database,
         "workers": config.workers,
         "error": config.error,
+        "ceiling_workers": config.ceiling_workers,
         "ceiling_rps": config.ceiling_rps,
         "sustained_rate": config.sustained,
         "webhook_steps": [{**asdict(s), "sustained": s.sustained} for s in config.steps],
@@ -92,9 +100,118 @@ def _config(config: Config) -> dict[str, Any]:
     return data
 
 
-def _targets(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each with what was measured and whether it held (None: not run)."""
-    by_name = {c["name"]: c for c in configs}
+def _steps_at(config: dict[str, Any], rate: float | None) -> dict[str, Any] | None:
+    """The scenario-2 step of ``config`` at the offered ``rate``, if it ran one."""
+    return next((s for s in config["webhook_steps"] if s["rate"] == rate), None)
+
+
+def _calls(config: dict[str, Any], items: int, duplicates: bool) -> float | None:
+    found = [
+        c["per_session"]
+        for c in config["api_calls"]
+        if c["items"] == items and c["duplicates"] == duplicates
+    ]
+    return found[0] if found else None
+
+
+def _best_peer(configs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The guide's configuration that did best: highest rate sustained, then least CPU there."""
+    peers = [c for c in configs if c.get("peer") and not c["error"]]
+
+    def rank(config: dict[str, Any]) -> tuple[float, float]:
+        step = _steps_at(config, config["sustained_rate"])
+        return (config["sustained_rate"] or 0.0, -step["server_cpu"] if step else -math.inf)
+
+    return max(peers, key=rank) if peers else None
+
+
+def _comparison(configs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The service (SQLite x1) beside the best configuration of the guide's code.
+
+    Latencies and CPU are compared at one offered rate: the highest both
+    sustained (or, when they share none, the lowest both were offered), so
+    that neither is judged at a load the other was not given.
+    """
+    ours = next((c for c in configs if c["name"] == BASELINE and not c["error"]), None)
+    peer = _best_peer(configs)
+    if ours is None or peer is None:
+        return None
+
+    def rates(config: dict[str, Any], sustained: bool) -> set[float]:
+        return {s["rate"] for s in config["webhook_steps"] if s["sustained"] or not sustained}
+
+    both = rates(ours, True) & rates(peer, True)
+    offered = rates(ours, False) & rates(peer, False)
+    rate = max(both) if both else min(offered) if offered else None
+    at_ours, at_peer = _steps_at(ours, rate), _steps_at(peer, rate)
+    rows: list[dict[str, Any]] = []
+
+    def add(measure: str, unit: str, better: str, mine: Any, theirs: Any) -> None:
+        rows.append(
+            {"measure": measure, "unit": unit, "better": better, "ours": mine, "guide": theirs}
+        )
+
+    def step(at: dict[str, Any] | None, key: str) -> float | None:
+        return at[key] if at else None
+
+    add("highest rate sustained", "rate", "higher", ours["sustained_rate"], peer["sustained_rate"])
+    at = f" at {rate:g}/s" if rate else ""
+    for key, label in (("ack_p99", "webhook ack p99"), ("fulfil_p99", "event → fulfilled p99")):
+        add(label + at, "seconds", "lower", step(at_ours, key), step(at_peer, key))
+    add(
+        "CPU per new session" + at,
+        "cpu",
+        "lower",
+        step(at_ours, "server_cpu"),
+        step(at_peer, "server_cpu"),
+    )
+    add(
+        "line items performed twice",
+        "twice",
+        "lower",
+        [ours["performed_twice"], ours["performed_items"]],
+        [peer["performed_twice"], peer["performed_items"]],
+    )
+    add(
+        "Stripe calls per session, 1 item",
+        "calls",
+        "lower",
+        _calls(ours, 1, False),
+        _calls(peer, 1, False),
+    )
+    add(
+        "Stripe calls per session, 1 item, 5 copies of its event and 3 landing visits at once",
+        "calls",
+        "lower",
+        _calls(ours, 1, True),
+        _calls(peer, 1, True),
+    )
+    for row in rows:
+        row["ahead"] = _ahead(row)
+    return {"ours": ours["name"], "guide": peer["name"], "rate": rate, "rows": rows}
+
+
+def _ahead(row: dict[str, Any]) -> str | None:
+    """ "ours", "guide" or "even" (None: one side was not measured)."""
+    mine, theirs = row["ours"], row["guide"]
+    if row["unit"] == "twice":
+        mine, theirs = mine[0], theirs[0]
+    if mine is None or theirs is None:
+        return None
+    if mine == theirs:
+        return "even"
+    ours_better = mine > theirs if row["better"] == "higher" else mine < theirs
+    return "ours" if ours_better else "guide"
+
+
+def _targets(
+    configs: list[dict[str, Any]],
+    comparison: dict[str, Any] | None,
+    ceilings: dict[str, dict[str, Any]],
+    latency: float,
+) -> list[dict[str, Any]]:
+    """The issues' targets, each with what was measured and whether it held (None: not run)."""
+    by_name = {c["name"]: c for c in configs if not c.get("peer")}
     one = by_name.get(BASELINE)
     targets: list[dict[str, Any]] = []
 
@@ -114,14 +231,18 @@ def _targets(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     steps = one["webhook_steps"]
     rate = one["sustained_rate"]
     if steps:
-        at_target = next((s for s in steps if s["rate"] == TARGET_RATE), None)
-        add(
-            "2",
-            BASELINE,
-            f"≥ {TARGET_RATE} new sessions/s, every one fulfilled",
-            f"{rate:g}/s" if rate else "none",
-            bool(rate and rate >= TARGET_RATE),
-        )
+        for name in (BASELINE, "PostgreSQL x1"):
+            config = by_name.get(name)
+            if config and config["webhook_steps"]:
+                sustained = config["sustained_rate"]
+                add(
+                    "2",
+                    name,
+                    f"≥ {TARGET_RATE} new sessions/s sustained, every one fulfilled",
+                    f"{sustained:g}/s" if sustained else "none",
+                    bool(sustained and sustained >= TARGET_RATE),
+                )
+        at_target = _steps_at(one, TARGET_RATE)
         add(
             "2",
             BASELINE,
@@ -129,23 +250,58 @@ def _targets(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _ms(at_target["ack_p99"]) if at_target else "not reached",
             bool(at_target and at_target["ack_p99"] is not None and at_target["ack_p99"] < 1.0),
         )
+        at_fifty = _steps_at(one, FULFILLED_P99_RATE)
+        p99 = at_fifty["fulfil_p99"] if at_fifty else None
+        add(
+            "2",
+            BASELINE,
+            f"event → fulfilled p99 at {FULFILLED_P99_RATE:g}/s"
+            f" ≤ {FULFILLED_P99_LIMIT:g} x the API latency",
+            f"{p99 / latency:.2f}x" if p99 is not None else "not reached",
+            None if p99 is None else p99 / latency <= FULFILLED_P99_LIMIT,
+        )
+        at_top = _steps_at(one, rate)
+        bare = ceilings.get(str(one["workers"]), {}).get("server_cpu")
+        per_bare = at_top["server_cpu"] / bare if at_top and bare else None
+        add(
+            "2",
+            BASELINE,
+            f"CPU per new session ≤ {CPU_PER_BARE_LIMIT:g} x the bare request's,"
+            " at the highest rate sustained",
+            f"{per_bare:.0f}x at {rate:g}/s" if per_bare is not None else "no rate sustained",
+            None if per_bare is None else per_bare <= CPU_PER_BARE_LIMIT,
+        )
+        cpu = next((r for r in (comparison or {}).get("rows", []) if r["unit"] == "cpu"), None)
+        if comparison and cpu:
+            ratio = cpu["ours"] / cpu["guide"] if cpu["ours"] and cpu["guide"] else None
+            add(
+                "2",
+                BASELINE,
+                f"CPU per new session ≤ {CPU_PER_GUIDE_LIMIT:g} x the guide's code's"
+                f" ({comparison['guide']}), at the highest rate both sustained",
+                f"{ratio:.2f}x at {comparison['rate']:g}/s" if ratio else "not measured",
+                None if ratio is None else ratio <= CPU_PER_GUIDE_LIMIT,
+            )
         for name, config in by_name.items():
-            if config["workers"] > 1 and config["database"] == "SQLite":
+            if config["workers"] == 2 and config["database"] == "SQLite":
                 more = config["sustained_rate"]
                 add(
                     "2",
                     name,
-                    "more new sessions/s than x1",
-                    f"{more:g}/s" if more else "none",
-                    bool(more and (rate is None or more > rate)),
+                    f"≥ {WORKERS_GAIN:g} x the new sessions/s x1 sustains",
+                    f"{more:g}/s against {rate:g}/s" if more and rate else f"{more or 0:g}/s",
+                    bool(more and (rate is None or more >= WORKERS_GAIN * rate)),
                 )
-    for number, key in (("3", "duplicates"), ("4", "landing")):
+    for number, key, label in (
+        ("3", "duplicates", "duplicate deliveries"),
+        ("4", "landing", "landing pages of fulfilled orders"),
+    ):
         measured = one[key]
         if measured:
             add(
                 number,
                 BASELINE,
-                f"≥ {SHARE_OF_CEILING:g} x the ceiling's requests/s",
+                f"{label} ≥ {SHARE_OF_CEILING:g} x the ceiling's requests/s",
                 f"{measured['vs_ceiling']:.2f}",
                 measured["vs_ceiling"] >= SHARE_OF_CEILING,
             )
@@ -165,16 +321,17 @@ def _targets(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     add(
         "6",
         BASELINE,
-        f"peak RSS < {RSS_LIMIT_MB} MB",
+        f"peak RSS ≤ {RSS_LIMIT_MB} MB",
         f"{peak:.0f} MB" if peak else "not read",
-        bool(peak and peak < RSS_LIMIT_MB),
+        bool(peak and peak <= RSS_LIMIT_MB),
     )
-    twice = sum(c["performed_twice"] for c in configs)
+    service = [c for c in configs if not c.get("peer")]
+    twice = sum(c["performed_twice"] for c in service)
     add(
         "all",
-        "every run",
+        "every run of the service",
         "no line item performed twice",
-        f"{twice} of {sum(c['performed_items'] for c in configs)} items",
+        f"{twice} of {sum(c['performed_items'] for c in service)} items",
         twice == 0,
     )
     return targets
@@ -188,7 +345,12 @@ def build(
     postgres_skipped: str | None,
 ) -> dict[str, Any]:
     """Everything measured, as JSON-able data."""
-    config_data = [_config(c) for c in configs]
+    config_data: list[dict[str, Any]] = _clean([_config(c) for c in configs])
+    ceiling_data: dict[str, dict[str, Any]] = _clean(
+        {str(w): asdict(t) for w, t in ceilings.items()}
+    )
+    comparison = _comparison(config_data)
+    targets = _targets(config_data, comparison, ceiling_data, options.latency_ms / 1000)
     results: dict[str, Any] = _clean(
         {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -210,9 +372,10 @@ def build(
                 "profile": options.profile,
             },
             "postgres_skipped": postgres_skipped,
-            "ceilings": {str(w): asdict(t) for w, t in ceilings.items()},
+            "ceilings": ceiling_data,
             "configs": config_data,
-            "targets": _targets(config_data),
+            "comparison": comparison,
+            "targets": targets,
         }
     )
     return results
@@ -323,14 +486,80 @@ def table(results: dict[str, Any]) -> Table:
             )
         if config["peak_rss_mb"]:
             grid.add_row("6", "peak RSS (VmHWM)", name, _rss(config["peak_rss_mb"]))
+        if config["performed_items"]:
+            twice = f"{config['performed_twice']} of {config['performed_items']}"
+            if config["performed_twice"] and not config.get("peer"):
+                twice = f"[red]{twice}[/red]"
+            grid.add_row("", "line items performed twice", name, twice)
     if results.get("postgres_skipped"):
         grid.add_section()
         grid.add_row("", "PostgreSQL skipped", "", results["postgres_skipped"][:100])
     return grid
 
 
+GUIDE_DIFFERS = (
+    "The guide's code (bench/peers/guide.py, Flask under gunicorn, SQLite) sends no "
+    "emails, keeps no access log, takes no lease, retries nothing and reconciles "
+    "nothing; it checks for a record, retrieves, performs, then records, so "
+    "overlapping copies of an event each perform the items."
+)
+
+
+def _value(unit: str, value: Any) -> str:
+    """A compared figure, in the terminal's units."""
+    if unit == "twice":
+        return f"{value[0]} of {value[1]}"
+    if value is None:
+        return "-" if unit != "rate" else "none"
+    if unit == "rate":
+        return f"{value:g}/s"
+    if unit == "seconds":
+        return _ms(value)
+    if unit == "cpu":
+        return f"{value * 1000:.1f} ms"
+    return f"{value:.2f}"
+
+
+def _ratio(row: dict[str, Any]) -> str:
+    """Ours over the guide's, for the figures where a ratio means something."""
+    mine, theirs = row["ours"], row["guide"]
+    if row["unit"] == "twice" or not mine or not theirs:
+        return "-"
+    return f"{mine / theirs:.2f}"
+
+
+AHEAD = {"ours": "ours", "guide": "the guide's", "even": "even", None: "-"}
+
+
+def comparison_table(results: dict[str, Any]) -> Table | None:
+    comparison = results.get("comparison")
+    if not comparison:
+        return None
+    grid = Table(
+        title=f"the service beside the guide's code (issue #16), best of the guide's: "
+        f"{comparison['guide']}",
+        title_justify="left",
+    )
+    grid.add_column("measure")
+    grid.add_column(f"ours ({comparison['ours']})", justify="right")
+    grid.add_column("the guide's", justify="right")
+    grid.add_column("ours ÷ guide's", justify="right")
+    grid.add_column("ahead")
+    for row in comparison["rows"]:
+        ahead = AHEAD[row["ahead"]]
+        colour = {"ours": "green", "guide": "red"}.get(row["ahead"] or "")
+        grid.add_row(
+            row["measure"],
+            _value(row["unit"], row["ours"]),
+            _value(row["unit"], row["guide"]),
+            _ratio(row),
+            f"[{colour}]{ahead}[/{colour}]" if colour else ahead,
+        )
+    return grid
+
+
 def targets_table(results: dict[str, Any]) -> Table:
-    grid = Table(title="targets (issue #8)", title_justify="left")
+    grid = Table(title="targets (issues #8, #16)", title_justify="left")
     grid.add_column("#", justify="right")
     grid.add_column("target")
     grid.add_column("service")
@@ -355,10 +584,22 @@ def show(results: dict[str, Any]) -> None:
         "2: p50 and p99 are webhook acknowledged / session fulfilled, each from the event's "
         "scheduled send (open loop). x ceiling: requests/s over the bare endpoint's with as "
         "many processes. CPU/req: the service's CPU time, all its processes and threads, per "
-        "request (per session in 2). 6: the sum over uvicorn's supervisor and workers. "
+        "request (per session in 2). 6: the sum over uvicorn's supervisor and workers "
+        "(gunicorn's master and workers for the guide's code). "
         f"JSON: {results.get('out', 'var/bench.json')}",
         highlight=False,
     )
+    compared = comparison_table(results)
+    if compared is not None:
+        console.print()
+        console.print(compared)
+        rate = results["comparison"]["rate"]
+        console.print(
+            f"{GUIDE_DIFFERS} Latencies and CPU at "
+            + (f"{rate:g}/s, " if rate else "no common rate, ")
+            + "the highest offered rate both sustained (or the lowest both were offered).",
+            highlight=False,
+        )
     console.print()
     console.print(targets_table(results))
 
@@ -380,7 +621,8 @@ def markdown(results: dict[str, Any]) -> str:
         return f"{ratio:.2f}x" if ratio < 1 else f"{ratio:.1f}x"
 
     def times_bare(config: dict[str, Any], seconds: float | None) -> str:
-        bare = ceilings[str(config["workers"])]["server_cpu"]
+        workers = config.get("ceiling_workers", config["workers"])
+        bare = ceilings[str(workers)]["server_cpu"]
         return "-" if seconds is None or not bare else f"{seconds / bare:.0f}x"
 
     lines = [
@@ -425,6 +667,44 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| 5 | API calls per session | {name} | {calls} | | |")
         if config["peak_rss_mb"]:
             lines.append(f"| 6 | peak RSS | {name} | {_rss(config['peak_rss_mb'])} | | |")
+        if config["performed_items"]:
+            lines.append(
+                f"| | line items performed twice | {name} | "
+                f"{config['performed_twice']:,} of {config['performed_items']:,} | | |"
+            )
+    comparison = results.get("comparison")
+    if comparison:
+        bare = ceilings[min(ceilings, key=int)]["server_cpu"]
+
+        def figure(unit: str, value: Any) -> str:
+            if unit == "seconds":
+                return times_latency(value)
+            if unit == "cpu":
+                return "-" if value is None or not bare else f"{value / bare:.0f}x"
+            if unit == "twice":
+                return f"{value[0]:,} of {value[1]:,}"
+            return _value(unit, value)
+
+        lines += [
+            "",
+            f"Beside the guide's code ({comparison['guide']}, the best of its configurations); "
+            "p99s over the API latency, CPU over the bare request's:",
+            "",
+            f"| | ours ({comparison['ours']}) | the guide's | ours ÷ guide's | ahead |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['measure']} | {figure(row['unit'], row['ours'])} | "
+            f"{figure(row['unit'], row['guide'])} | {_ratio(row)} | {AHEAD[row['ahead']]} |"
+            for row in comparison["rows"]
+        ]
+    if results.get("targets"):
+        lines += ["", "| # | target | service | measured | holds? |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {t['scenario']} | {t['target']} | {t['service']} | {t['measured']} | "
+            f"{'-' if t['held'] is None else 'yes' if t['held'] else '**no**'} |"
+            for t in results["targets"]
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -10,8 +10,11 @@
 
 Each configuration of the service (SQLite with one and with two processes;
 PostgreSQL with one, when it is reachable) runs against a fresh database and
-a reset emulator. Results go to the terminal as one table and to
-``var/bench.json``.
+a reset emulator. Then the guide's code (``bench.peers.guide``: what Stripe's
+fulfillment guide leads a merchant to write) runs the same way under gunicorn,
+sync and gthread, as the service's peer: scenario 2 at the same rates, and
+scenario 5, whose concurrent copies of each event show what it performs
+twice. Results go to the terminal as one table and to ``var/bench.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ from typing import Any
 import uvloop
 
 from bench import report
-from bench.database import Database, SQLite, postgres_database, postgres_reachable
+from bench.database import (
+    GUIDE_FULFILLED_SQL,
+    Database,
+    SQLite,
+    postgres_database,
+    postgres_reachable,
+)
 from bench.http import Pool
 from bench.scenarios import (
     WEBHOOK_SECRET,
@@ -51,7 +60,7 @@ from bench.scenarios import (
     webhook_step,
 )
 from bench.shop import Paid, Shop
-from bench.stack import ROOT, Process, start_ceiling, start_emulator, start_service
+from bench.stack import ROOT, Process, start_ceiling, start_emulator, start_guide, start_service
 
 STRIPE_KEY = "sk_test_bench"
 CATALOG = """
@@ -72,6 +81,7 @@ class Options:
     concurrency: int
     workers: tuple[int, ...]
     postgres: bool
+    peers: bool
     scenarios: frozenset[int]
     service_env: tuple[tuple[str, str], ...]
     profile: bool
@@ -79,13 +89,49 @@ class Options:
     out: Path
 
 
+@dataclass(frozen=True)
+class Peer:
+    """One way of running the guide's code: gunicorn's options, as merchants deploy Flask."""
+
+    name: str
+    slug: str  # its files in the run's folder: guide-SLUG.log, .db, .actions
+    workers: int  # gunicorn's worker processes
+    gunicorn: tuple[str, ...]
+
+
+def guide_peers() -> list[Peer]:
+    """gunicorn's recommended sync setup (2 x cores + 1 workers), and threads.
+
+    ``--keep-alive 5`` for gthread: with gunicorn's default of 2 s, an idle
+    connection can close just as the bench's client (which drops its own after
+    2 s idle) writes a request on it.
+    """
+    sync = 2 * (os.cpu_count() or 1) + 1
+    return [
+        Peer(
+            f"guide gunicorn sync x{sync}",
+            "sync",
+            sync,
+            ("--workers", str(sync), "--worker-class", "sync"),
+        ),
+        Peer(
+            "guide gunicorn gthread 2x8",
+            "gthread",
+            2,
+            ("--workers", "2", "--threads", "8", "--worker-class", "gthread", "--keep-alive", "5"),
+        ),
+    ]
+
+
 @dataclass
 class Config:
-    """One way of running the service, and what it measured."""
+    """One way of running the service, or a peer of it, and what it measured."""
 
     database: str
     workers: int
-    ceiling_rps: float  # the bare server's, with as many processes
+    ceiling_workers: int  # the bare server's processes it is compared with
+    ceiling_rps: float  # and that server's requests/s
+    peer: Peer | None = None  # None: the service
     steps: list[Step] = field(default_factory=list)
     duplicates: Throughput | None = None
     landing: Throughput | None = None
@@ -97,7 +143,7 @@ class Config:
 
     @property
     def name(self) -> str:
-        return f"{self.database} x{self.workers}"
+        return self.peer.name if self.peer else f"{self.database} x{self.workers}"
 
     @property
     def sustained(self) -> float | None:
@@ -126,6 +172,16 @@ def service_env(
         # Once the service sends mail, a fulfilled session with no SMTP URL set
         # writes an .eml file: into this run's folder, not the project's var/outbox.
         "FULFILL_MAIL_OUTBOX": str(folder / "outbox"),
+    }
+
+
+def guide_env(emulator: str, database: SQLite, action_log: Path) -> dict[str, str]:
+    return {
+        "STRIPE_SECRET_KEY": STRIPE_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": emulator,
+        "GUIDE_DATABASE": str(database.path),
+        "BENCH_ACTION_LOG": str(action_log),
     }
 
 
@@ -175,9 +231,89 @@ async def run_config(config: Config, options: Options, emulator: Process, baseli
                 await asyncio.to_thread(service.stop)
     finally:
         await shop.close()
+    count_performed(config, action_log)
+
+
+async def run_peer(config: Config, options: Options, emulator: Process, baseline: float) -> None:
+    """The guide's code under gunicorn: scenario 2 at the same rates, and scenario 5."""
+    assert config.peer is not None
+    folder = options.folder
+    name = f"guide-{config.peer.slug}"
+    action_log = folder / f"{name}.actions"
+    action_log.unlink(missing_ok=True)
+    database = SQLite(folder / f"{name}.db", sql=GUIDE_FULFILLED_SQL)  # a fresh file
+    shop = Shop(emulator.url, STRIPE_KEY)
+    try:
+        await shop.reset()
+        env = guide_env(emulator.url, database, action_log)
+        say(f"{config.name}: starting the guide's code")
+        peer = await asyncio.to_thread(start_guide, name, folder, env, config.peer.gunicorn)
+        try:
+            async with Pool(peer.url) as pool:
+                target = Target(
+                    peer, pool, emulator, webhook_path="/webhook", landing_path="/success"
+                )
+                if 2 in options.scenarios:
+                    await new_sessions(config, options, target, shop, database, baseline)
+                if 5 in options.scenarios:
+                    await calls_per_session(config, target, shop, database)
+            config.peak_rss_mb = peer.peak_rss_mb()
+        finally:
+            await asyncio.to_thread(peer.stop)
+    finally:
+        await shop.close()
+    count_performed(config, action_log)
+
+
+def count_performed(config: Config, action_log: Path) -> None:
+    """Line items performed, and performed more than once, from the action's own log."""
     performed = Counter(action_log.read_text().split()) if action_log.exists() else Counter()
     config.performed = len(performed)
     config.performed_twice = sum(1 for n in performed.values() if n > 1)
+
+
+async def new_sessions(
+    config: Config,
+    options: Options,
+    target: Target,
+    shop: Shop,
+    database: Database,
+    baseline: float,
+) -> list[Paid]:
+    """Scenario 2, rate after rate until one is not sustained; the sessions it fulfilled."""
+    recorded: list[Paid] = []
+    # Configurations after the first start at half what it sustained: the
+    # steps below that would only lengthen the run.
+    rates = [r for r in options.rates if r >= baseline / 2] or list(options.rates[-1:])
+    for rate in rates:
+        say(f"{config.name}: new sessions by webhook, {rate:g}/s for {options.step_seconds:g} s")
+        step, paid = await webhook_step(target, shop, database, rate, options.step_seconds)
+        config.steps.append(step)
+        recorded += paid
+        say(
+            f"  {step.fulfilled}/{step.sessions} fulfilled at {step.fulfilled_rate:.0f}/s,"
+            f" ack p99 {_ms(step.ack_p99)}, fulfilled p99 {_ms(step.fulfil_p99)}:"
+            f" {'sustained' if step.sustained else 'NOT sustained'}"
+        )
+        if not step.sustained:
+            if step.fulfilled < step.sessions:
+                # Not measured: a backlog left behind would load what comes next.
+                await wait_fulfilled(database, [p.session_id for p in paid], timeout=60)
+            break
+    return recorded
+
+
+async def calls_per_session(config: Config, target: Target, shop: Shop, database: Database) -> None:
+    """Scenario 5: 1, 10 and 25 line items, alone and with concurrent duplicate triggers."""
+    for items in (1, 10, 25):
+        for duplicated in (False, True):
+            calls = await api_calls(target, shop, database, items=items, duplicated=duplicated)
+            config.api_calls.append(calls)
+            say(
+                f"{config.name}: {items} items{', duplicate triggers' if duplicated else ''}:"
+                f" {calls.per_session:.2f} API calls per session"
+                f" ({calls.fulfilled}/{calls.sessions} fulfilled)"
+            )
 
 
 async def scenarios(
@@ -190,26 +326,7 @@ async def scenarios(
 ) -> None:
     recorded: list[Paid] = []
     if 2 in options.scenarios:
-        # Configurations after the first start at half what it sustained: the
-        # steps below that would only lengthen the run.
-        rates = [r for r in options.rates if r >= baseline / 2] or list(options.rates[-1:])
-        for rate in rates:
-            say(
-                f"{config.name}: new sessions by webhook, {rate:g}/s for {options.step_seconds:g} s"
-            )
-            step, paid = await webhook_step(target, shop, database, rate, options.step_seconds)
-            config.steps.append(step)
-            recorded += paid
-            say(
-                f"  {step.fulfilled}/{step.sessions} fulfilled at {step.fulfilled_rate:.0f}/s,"
-                f" ack p99 {_ms(step.ack_p99)}, fulfilled p99 {_ms(step.fulfil_p99)}:"
-                f" {'sustained' if step.sustained else 'NOT sustained'}"
-            )
-            if not step.sustained:
-                if step.fulfilled < step.sessions:
-                    # Not measured: a backlog left behind would load what comes next.
-                    await wait_fulfilled(database, [p.session_id for p in paid], timeout=60)
-                break
+        recorded += await new_sessions(config, options, target, shop, database, baseline)
     concurrency, seconds = options.concurrency, options.closed_seconds
     if options.scenarios & {3, 4} and len(recorded) < 200:
         say(f"{config.name}: recording sessions for scenarios 3 and 4 (not measured)")
@@ -226,15 +343,7 @@ async def scenarios(
         config.landing = await landing(target, fulfilled, concurrency=concurrency, seconds=seconds)
         say(f"  {config.landing.rps:.0f} requests/s, p99 {_ms(config.landing.p99)}")
     if 5 in options.scenarios and config.workers == 1:
-        for items in (1, 10, 25):
-            for duplicated in (False, True):
-                calls = await api_calls(target, shop, database, items=items, duplicated=duplicated)
-                config.api_calls.append(calls)
-                say(
-                    f"{config.name}: {items} items{', duplicate triggers' if duplicated else ''}:"
-                    f" {calls.per_session:.2f} API calls per session"
-                    f" ({calls.fulfilled}/{calls.sessions} fulfilled)"
-                )
+        await calls_per_session(config, target, shop, database)
 
 
 def _ms(seconds: float) -> str:
@@ -277,7 +386,7 @@ async def bench(options: Options) -> dict[str, Any]:
             ceilings[workers] = await measure_ceiling(options, workers)
         baseline = 0.0
         for database, workers in plan:
-            config = Config(database, workers, ceilings[workers].rps)
+            config = Config(database, workers, workers, ceilings[workers].rps)
             configs.append(config)
             try:
                 await run_config(config, options, emulator, baseline)
@@ -286,6 +395,18 @@ async def bench(options: Options) -> dict[str, Any]:
                 say(f"{config.name} failed: {config.error}")
             if not baseline:
                 baseline = config.sustained or 0.0
+        if options.peers and options.scenarios & {2, 5}:
+            # Its CPU per request is compared with one bare process's (it runs
+            # neither scenario 3 nor 4: no share of a ceiling to report).
+            bare = min(ceilings)
+            for peer in guide_peers():
+                config = Config("SQLite", peer.workers, bare, ceilings[bare].rps, peer=peer)
+                configs.append(config)
+                try:
+                    await run_peer(config, options, emulator, baseline)
+                except Exception as exc:
+                    config.error = f"{type(exc).__name__}: {exc}"
+                    say(f"{config.name} failed: {config.error}")
     return report.build(options, ceilings, configs, postgres_skipped=skipped)
 
 
@@ -328,6 +449,11 @@ def parse(argv: list[str] | None = None) -> Options:
         help="`fulfill serve --workers` values to run on SQLite, comma-separated",
     )
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip the guide's code (the peer: Flask under gunicorn, sync and gthread)",
+    )
     parser.add_argument(
         "--scenarios",
         default="2,3,4,5",
@@ -378,6 +504,7 @@ def parse(argv: list[str] | None = None) -> Options:
         concurrency=args.concurrency,
         workers=workers,
         postgres=not args.no_postgres,
+        peers=not args.no_peers,
         scenarios=chosen,
         service_env=tuple((p[0], p[1]) for p in pairs),
         profile=args.profile,
@@ -400,9 +527,10 @@ def main(argv: list[str] | None = None) -> None:
     say(f"done in {results['seconds']} s; results in {options.out}")
     # Targets missed say something about the machine as much as the service,
     # and do not fail the run; a configuration that did not run, or a line
-    # item performed twice, does.
+    # item the service performed twice, does. The guide's code performing
+    # items twice is what it does, and is reported, not a failure.
     broken = [c["name"] for c in results["configs"] if c["error"]]
-    twice = sum(c["performed_twice"] for c in results["configs"])
+    twice = sum(c["performed_twice"] for c in results["configs"] if not c["peer"])
     if broken or twice:
         say(f"FAILED: {', '.join(broken) or 'no run failed'}; {twice} line items performed twice")
         sys.exit(1)

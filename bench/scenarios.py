@@ -25,20 +25,6 @@ FIRST_PAGE, NEXT_PAGES = 10, 100
 WARM_UP = 1.0  # seconds of unmeasured load before each closed-loop measurement
 
 
-def webhook_request(pool: Pool, paid: Paid) -> bytes:
-    """The delivery of ``paid``'s completed event, signed now, as Stripe sends it."""
-    return pool.build(
-        "POST",
-        "/webhooks/stripe",
-        signed_headers(paid.payload, WEBHOOK_SECRET),
-        paid.payload,
-    )
-
-
-def landing_request(pool: Pool, session_id: str, accept: str) -> bytes:
-    return pool.build("GET", f"/checkout/complete?session_id={session_id}", {"Accept": accept})
-
-
 @dataclass
 class Target:
     """Who is under load: the process (whose CPU counts) and connections to it."""
@@ -46,6 +32,24 @@ class Target:
     process: Process
     pool: Pool
     emulator: Process | None = None  # its CPU counts as Stripe's, not the service's
+    webhook_path: str = "/webhooks/stripe"  # the service's; the guide's peer has its own
+    landing_path: str = "/checkout/complete"
+
+
+def webhook_request(target: Target, paid: Paid) -> bytes:
+    """The delivery of ``paid``'s completed event, signed now, as Stripe sends it."""
+    return target.pool.build(
+        "POST",
+        target.webhook_path,
+        signed_headers(paid.payload, WEBHOOK_SECRET),
+        paid.payload,
+    )
+
+
+def landing_request(target: Target, session_id: str, accept: str) -> bytes:
+    return target.pool.build(
+        "GET", f"{target.landing_path}?session_id={session_id}", {"Accept": accept}
+    )
 
 
 @dataclass
@@ -169,7 +173,7 @@ async def webhook_step(
     """2. New paid sessions whose completed events arrive at ``rate`` per second."""
     paid = await shop.paid_sessions(max(1, round(rate * seconds)))
     # Signed now: a signature stays valid for the tolerance (300 s), far longer than a step.
-    requests = [webhook_request(target.pool, p) for p in paid]
+    requests = [webhook_request(target, p) for p in paid]
 
     async def send(n: int) -> int:
         return (await target.pool.send(requests[n])).status
@@ -215,7 +219,7 @@ async def record_sessions(
     async def deliver(p: Paid) -> None:
         async with slots:
             with contextlib.suppress(ClientError):
-                await target.pool.send(webhook_request(target.pool, p))
+                await target.pool.send(webhook_request(target, p))
 
     await asyncio.gather(*(deliver(p) for p in paid))
     done = await wait_fulfilled(database, [p.session_id for p in paid], timeout=60)
@@ -227,7 +231,7 @@ async def duplicates(
 ) -> Throughput:
     """3. Redeliveries of events already recorded: acknowledged at once, without work."""
     # Signed once: a signature stays valid for the tolerance (300 s), far longer than this.
-    requests = [webhook_request(target.pool, p) for p in paid]
+    requests = [webhook_request(target, p) for p in paid]
 
     async def send(n: int) -> int:
         answer = await target.pool.send(requests[n % len(requests)])
@@ -243,7 +247,7 @@ async def landing(
 ) -> Throughput:
     """4. Customers (re)loading the landing page of fulfilled orders, as HTML."""
     pool = target.pool
-    requests = [landing_request(pool, s, "text/html") for s in session_ids]
+    requests = [landing_request(target, s, "text/html") for s in session_ids]
 
     # The first visit of each session records the "landing" trigger (one write);
     # what is measured is the steady state of customers reloading the page.
@@ -284,10 +288,12 @@ async def api_calls(
     position = await shop.log_position()
 
     pool = target.pool
-    requests = [webhook_request(pool, p) for p in paid for _ in range(copies if duplicated else 1)]
+    requests = [
+        webhook_request(target, p) for p in paid for _ in range(copies if duplicated else 1)
+    ]
     if duplicated:
         requests += [
-            landing_request(pool, p.session_id, "application/json")
+            landing_request(target, p.session_id, "application/json")
             for p in paid
             for _ in range(visits)
         ]

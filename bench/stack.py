@@ -1,10 +1,11 @@
-"""The processes under test: the emulator, the ceiling app, the service; what they cost.
+"""The processes under test: the emulator, the ceiling app, the service, its peer; their cost.
 
 Each runs as its own process on loopback (``python -m …``), logs to a file
 under the bench folder, and is stopped with SIGTERM. CPU time and peak RSS
 are read from ``/proc`` (psutil is not a dependency): ``VmHWM`` is the
 resident set's high-water mark, ``utime + stime`` the CPU time; both are
-summed over a process's children too (``serve --workers N`` forks).
+summed over a process's children too (``serve --workers N`` forks, and so
+does gunicorn, which runs the guide's peer).
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def start(
     port: int,
     env: dict[str, str] | None = None,
     timeout: float = 60,
+    ready_status: int = 200,
 ) -> Process:
-    """Run ``python ARGS`` and wait until ``GET ready_path`` answers 200."""
+    """Run ``python ARGS`` and wait until ``GET ready_path`` answers ``ready_status``."""
     log = folder / f"{name}.log"
     with log.open("wb") as handle:
         popen = subprocess.Popen(
@@ -124,7 +126,7 @@ def start(
         if popen.poll() is not None:
             raise RuntimeError(f"{name} exited at start:\n{process.tail()}")
         try:
-            if httpx.get(process.url + ready_path, timeout=1).status_code == 200:
+            if httpx.get(process.url + ready_path, timeout=1).status_code == ready_status:
                 return process
         except httpx.HTTPError:
             pass
@@ -178,3 +180,31 @@ def start_service(
     if profile:
         process.stop_signal = signal.SIGINT
     return process
+
+
+def start_guide(name: str, folder: Path, env: dict[str, str], gunicorn: Sequence[str]) -> Process:
+    """The guide's peer (``bench.peers.guide``) under gunicorn, with the ``gunicorn`` options.
+
+    It has no route of its own to say it is ready: a GET of its webhook (POST
+    only) answering 405 is Flask answering. No control socket: gunicorn's
+    default one is a fixed path in the home folder, which a second gunicorn
+    (another bench at the same time) would take over.
+    """
+    port = free_port()
+    return start(
+        name,
+        [
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+            *gunicorn,
+            "bench.peers.guide:app",
+        ],
+        folder=folder,
+        ready_path="/webhook",
+        port=port,
+        env=env,
+        ready_status=405,
+    )
