@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+import aiohttp
 import stamina
 import stripe
 
@@ -139,11 +140,16 @@ T = TypeVar("T")
 _ID_SEGMENT = re.compile(r"/(cs|li|price|prod|evt|pi)_[A-Za-z0-9_]+")
 
 
-class MeteredHTTPClient(stripe.HTTPXClient):
-    """The official client's transport, counting calls by endpoint and status for /metrics."""
+class MeteredHTTPClient(stripe.AIOHTTPClient):
+    """The official client's aiohttp transport, counting calls by endpoint and status.
 
-    def __init__(self, metrics: Metrics, **options: Any) -> None:
-        super().__init__(**options)
+    aiohttp rather than httpx: a session retrieved with its line items cost
+    0.70 ms of CPU through httpx and 0.23 ms through aiohttp (300 retrieves
+    from the emulator, best of three), on the hot path of every fulfillment.
+    """
+
+    def __init__(self, metrics: Metrics, *, timeout: float) -> None:
+        super().__init__(timeout=aiohttp.ClientTimeout(total=timeout))
         self._metrics = metrics
 
     async def request_async(
@@ -151,14 +157,21 @@ class MeteredHTTPClient(stripe.HTTPXClient):
     ) -> tuple[bytes, int, Mapping[str, str]]:
         endpoint = f"{method.upper()} {_ID_SEGMENT.sub('/{id}', urlsplit(url).path)}"
         try:
-            content, status, answer_headers = await super().request_async(
+            content, status, answer_headers = await self.request_stream_async(
                 method, url, headers, post_data
             )
+            # The body read is part of the call: a connection cut or a timeout
+            # there is a connection error, retried as one (the library's own
+            # request_async lets it through as it is).
+            try:
+                body = await content.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._handle_request_error(exc)
         except stripe.APIConnectionError:
             self._metrics.stripe_calls.labels(endpoint, "0").inc()
             raise
         self._metrics.stripe_calls.labels(endpoint, str(status)).inc()
-        return content, status, answer_headers
+        return body, status, answer_headers
 
 
 class StripeApi:
