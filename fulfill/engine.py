@@ -66,6 +66,7 @@ from fulfill.store.emails import (
     RECEIVED_EMAIL,
     QueuedEmail,
 )
+from fulfill.store.record_writes import Observed
 from fulfill.stripe_api import StripeApi
 
 if TYPE_CHECKING:
@@ -244,16 +245,21 @@ class Engine:
                 currency=snapshot.currency,
             )
             return transient, None
-        # A trigger seen first here is recorded with what it found (one write).
+        # A trigger seen first here is recorded with what it found, and a
+        # session to fulfill claimed, in one write.
         email = self._email(RECEIVED_EMAIL, session_id) if status == AWAITING_PAYMENT else None
-        moved = await self.store.observe(
+        perform = status == PENDING or (record is not None and record.status == FULFILLING)
+        asked = self.lease.monotonic()
+        observed = await self.store.observe(
             snapshot,
             status,
             MAY_REPLACE[status],
             self.clock(),
             trigger=trigger if record is None else None,
             email=email,
+            claim=(self.owner, self.options.lease_seconds) if perform else None,
         )
+        moved = observed.moved
         if moved and email is not None:
             self._send_emails(session_id)
         if status != PENDING and (record is None or record.status != status):
@@ -261,8 +267,12 @@ class Engine:
         if record is not None and record.status == FULFILLING:
             log.warning("taking over a fulfillment whose worker's lease expired")
             self.metrics.lease_takeovers.inc()
-        if status == PENDING or (record is not None and record.status == FULFILLING):
-            task = asyncio.get_running_loop().create_task(self._perform(session_id, snapshot))
+        if perform:
+            if observed.claimed:
+                self.lease.confirm(session_id, asked)
+            task = asyncio.get_running_loop().create_task(
+                self._perform(session_id, snapshot, observed)
+            )
             self._running[session_id] = task
             task.add_done_callback(lambda _: self._running.pop(session_id, None))
             return None, task
@@ -384,19 +394,18 @@ class Engine:
                 )
             await asyncio.sleep(self.options.poll_seconds)
 
-    async def _perform(self, session_id: str, snapshot: SessionSnapshot) -> None:
-        now = self.clock()
-        asked = self.lease.monotonic()
-        if not await self.store.claim(session_id, self.owner, self.options.lease_seconds, now):
+    async def _perform(
+        self, session_id: str, snapshot: SessionSnapshot, observed: Observed
+    ) -> None:
+        if not observed.claimed:
             # Another process claimed it first: its outcome is what our callers wait for.
             await self._await_outcome(
                 session_id, "claim", self.options.wait_seconds, takeover=False
             )
             return
-        self.lease.confirm(session_id, asked)
         heartbeat = asyncio.get_running_loop().create_task(self.lease.heartbeat(session_id))
         try:
-            await self._perform_items(session_id, snapshot)
+            await self._perform_items(session_id, snapshot, fresh=observed.inserted)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -407,23 +416,30 @@ class Engine:
                 await heartbeat
             self.lease.forget(session_id)
 
-    async def _perform_items(self, session_id: str, snapshot: SessionSnapshot) -> None:
-        record = await self._get(session_id)
+    async def _perform_items(
+        self, session_id: str, snapshot: SessionSnapshot, *, fresh: bool
+    ) -> None:
         by_id = {item.line_item_id: item for item in snapshot.items}
-        pending = [item for item in record.items if item.status != ITEM_DONE]
+        if fresh:
+            # Recorded and claimed in one transaction just now: every item is
+            # the snapshot's, and none was performed.
+            pending = [item.line_item_id for item in snapshot.items]
+        else:
+            record = await self._get(session_id)
+            pending = [item.line_item_id for item in record.items if item.status != ITEM_DONE]
         finished: bool | None = None
         # Queued already claimed: the finish succeeds once per session, so the
         # row it inserts is ours to send without a claim of its own.
         email = self._email(FULFILLED_EMAIL, session_id, claim=True)
-        for n, item in enumerate(pending):
-            line = by_id.get(item.line_item_id)
+        for n, line_item_id in enumerate(pending):
+            line = by_id.get(line_item_id)
             if line is None:
-                raise ActionError(f"line item {item.line_item_id} is no longer in the session")
+                raise ActionError(f"line item {line_item_id} is no longer in the session")
             entry = self.catalog.match(line.facts)
             if entry is None:
-                await self.store.item_failed(session_id, item.line_item_id, "no catalog entry")
+                await self.store.item_failed(session_id, line_item_id, "no catalog entry")
                 raise ActionError(
-                    f"No catalog entry matches line item {item.line_item_id} "
+                    f"No catalog entry matches line item {line_item_id} "
                     f"({line.facts.describe()}); add one to the catalog, then retry."
                 )
             if not await self.lease.still_ours(session_id):
@@ -438,19 +454,17 @@ class Engine:
                     time.perf_counter() - started
                 )
                 message = describe(exc)
-                await self.store.item_failed(
-                    session_id, item.line_item_id, message, action=entry.action
-                )
+                await self.store.item_failed(session_id, line_item_id, message, action=entry.action)
                 kind = (
                     PermanentActionError if isinstance(exc, PermanentActionError) else ActionError
                 )
                 raise kind(
-                    f"{entry.action} action for line item {item.line_item_id} failed: {message}"
+                    f"{entry.action} action for line item {line_item_id} failed: {message}"
                 ) from exc
             self.metrics.action_seconds.labels(entry.action, "done").observe(
                 time.perf_counter() - started
             )
-            done = (session_id, item.line_item_id, self.owner, result, self.clock())
+            done = (session_id, line_item_id, self.owner, result, self.clock())
             # What a write proves is that the lease was ours when it was sent.
             asked = self.lease.monotonic()
             if n == len(pending) - 1:

@@ -114,6 +114,23 @@ class LeaseStatements:
         )
 
 
+def take(
+    connection: Connection,
+    statements: LeaseStatements,
+    time: DbTime,
+    session_id: str,
+    owner: str,
+    lease: float,
+    now: datetime,
+) -> bool:
+    """The claim, inside the caller's transaction (``Leases.claim``, ``RecordWrites.observe``)."""
+    result = connection.execute(
+        statements.claim,
+        {"b_session_id": session_id, "b_owner": owner, "b_now": now, **time.params(b_lease=lease)},
+    )
+    return bool(result.rowcount)
+
+
 _ITEM = and_(
     fulfillment_items.c.session_id == param("b_session_id"),
     fulfillment_items.c.line_item_id == param("b_line_item_id"),
@@ -247,13 +264,8 @@ class Leases(StoreBase):
         ``done`` and will be skipped).
         """
 
-        params = {"b_session_id": session_id, "b_owner": owner, "b_now": now}
-
         def work(connection: Connection) -> bool:
-            result = connection.execute(
-                self._leases.claim, {**params, **self.time.params(b_lease=lease)}
-            )
-            return bool(result.rowcount)
+            return take(connection, self._leases, self.time, session_id, owner, lease, now)
 
         return await self._write(work)
 

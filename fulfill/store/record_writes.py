@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,10 +13,22 @@ from sqlalchemy.engine import Connection
 from fulfill.records import ITEM_PENDING, SessionSnapshot
 from fulfill.store.base import StoreBase
 from fulfill.store.emails import QueuedEmail, enqueue
-from fulfill.store.leases import CHECKED, LeaseStatements
+from fulfill.store.leases import CHECKED, LeaseStatements, take
 from fulfill.store.schema import fulfillment_triggers, fulfillments
 
 _ADD_TRIGGER = insert(fulfillment_triggers)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What ``observe`` did: moved the status, inserted the record, claimed it."""
+
+    moved: bool
+    inserted: bool = False
+    claimed: bool = False
+
+    def __bool__(self) -> bool:
+        return self.moved
 
 
 class RecordWrites(StoreBase):
@@ -44,8 +57,9 @@ class RecordWrites(StoreBase):
         *,
         trigger: str | None = None,
         email: QueuedEmail | None = None,
-    ) -> bool:
-        """Record what the API said about a session; True when it moved to ``status``.
+        claim: tuple[str, float] | None = None,
+    ) -> Observed:
+        """Record what the API said about a session; true when it moved to ``status``.
 
         Inserts the record (and its items) when new; otherwise refreshes the
         session's fields, and moves the status to ``status`` only from one of
@@ -53,6 +67,10 @@ class RecordWrites(StoreBase):
         Items already recorded are left alone: a ``done`` item stays done.
         ``trigger``, if given, is recorded in the same transaction, and
         ``email`` queued there when the record moved to ``status``.
+
+        ``claim`` (owner, lease seconds): claim the session for fulfillment in
+        the same transaction, as ``claim`` would (``Observed.claimed``): a
+        first trigger records the session and takes it in one write.
         """
         fields = {
             "payment_status": snapshot.payment_status,
@@ -66,7 +84,7 @@ class RecordWrites(StoreBase):
             "session_metadata": dict(snapshot.metadata),
         }
 
-        def work(connection: Connection) -> bool:
+        def work(connection: Connection) -> Observed:
             inserted = connection.execute(
                 self._record_once,
                 {
@@ -78,7 +96,7 @@ class RecordWrites(StoreBase):
                     **fields,
                 },
             )
-            moved = bool(inserted.rowcount)
+            new = moved = bool(inserted.rowcount)
             if not moved:
                 connection.execute(
                     update(fulfillments)
@@ -127,7 +145,13 @@ class RecordWrites(StoreBase):
                     self._leases.checked,
                     {"b_session_id": snapshot.session_id, **self.time.params()},
                 )
-            return moved
+            claimed = False
+            if claim is not None:
+                owner, lease = claim
+                claimed = take(
+                    connection, self._leases, self.time, snapshot.session_id, owner, lease, now
+                )
+            return Observed(moved, new, claimed)
 
         return await self._write(work)
 
