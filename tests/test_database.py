@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from fulfill.engine import utcnow
 from fulfill.records import MAY_REPLACE, PENDING, SessionSnapshot
-from fulfill.store import Store
+from fulfill.store import Store, database
 from fulfill.store.database import async_url, driver_error, write
 
 SESSION_ID = "cs_test_database0001"
@@ -332,6 +332,44 @@ async def test_a_backend_terminated_under_a_pooled_connection_is_an_operational_
         assert info.value.connection_invalidated
         # Invalidated, not handed back to the pool: the next read opens a new one.
         assert await store.get(SESSION_ID) is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_connection_idle_in_the_pool_is_pinged_and_replaced_when_its_backend_died(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping for a connection in steady use; one idle longer than a moment is pinged first."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    pings: list[bool] = []
+    real_ping = AsyncAdapt_asyncpg_connection.ping
+
+    def ping(self: AsyncAdapt_asyncpg_connection) -> None:
+        try:
+            real_ping(self)  # type: ignore[no-untyped-call]
+        except Exception:
+            pings.append(False)
+            raise
+        pings.append(True)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", ping)
+    store = await Store.open(database_url)
+    try:
+        for _ in range(3):
+            assert await store.get(SESSION_ID) is None
+        assert pings == [], "a connection in steady use is not pinged"
+        # The server ended every backend: the pooled connection is dead. Past the
+        # idle time it is pinged, found dead and replaced; the read and the write work.
+        await terminate_backends(database_url)
+        monkeypatch.setattr(database, "IDLE_BEFORE_PING", 0.0)
+        assert await store.get(SESSION_ID) is None
+        assert pings[0] is False
+        assert await store.record_event(
+            "evt_after", "checkout.session.completed", SESSION_ID, False, "received", utcnow()
+        )
     finally:
         await store.close()
 

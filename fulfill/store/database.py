@@ -27,6 +27,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -222,9 +223,41 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
-        full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+    engine = create_async_engine(
+        full, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+IDLE_BEFORE_PING = 5.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a connection before use only if it sat in the pool for a while.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip before each read
+    and each write, a third of the round trips of a fulfillment. A connection
+    in steady use has just proved itself; one that sat idle (the server may
+    have restarted, a proxy may have cut it) is pinged, and a dead one
+    replaced, as ``pool_pre_ping`` would (SQLAlchemy's pessimistic disconnect
+    handling, by the checkout event).
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+        connection_record.info["returned"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+        returned = connection_record.info.get("returned")
+        if returned is None or time.monotonic() - returned < IDLE_BEFORE_PING:
+            return  # new, or back from use a moment ago
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise sa_exc.DisconnectionError("the connection did not answer a ping") from exc
 
 
 def _configure_sqlite_connections(engine: sqlalchemy.Engine) -> None:
