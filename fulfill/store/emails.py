@@ -14,14 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fulfill.records import iso
 from fulfill.store import database
+from fulfill.store.batch import GroupCommit
 from fulfill.store.dbtime import DbTime
 from fulfill.store.schema import emails
 
@@ -78,6 +79,8 @@ class EmailRecord:
         }
 
 
+T = TypeVar("T")
+
 _FIELDS = tuple(c.name for c in emails.c if c.name not in ("lease_owner", "lease_expires_at"))
 
 
@@ -128,12 +131,44 @@ def _due(now: Any) -> Any:
     )
 
 
+# An email the SMTP server accepted, while its sender still holds it: built
+# once, as every fulfillment with an email ends with it.
+_SENT = (
+    update(emails)
+    .where(
+        emails.c.session_id == bindparam("b_session_id"),
+        emails.c.kind == bindparam("b_kind"),
+        emails.c.status == SENDING,
+        emails.c.lease_owner == bindparam("b_owner"),
+    )
+    .values(
+        status=SENT,
+        recipient=bindparam("b_recipient"),
+        sent_at=bindparam("b_now", type_=emails.c.sent_at.type),
+        updated_at=bindparam("b_now", type_=emails.c.updated_at.type),
+        last_error=None,
+        next_attempt_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+)
+
+
+def _mark_sent(connection: Connection, params: dict[str, Any]) -> bool:
+    return bool(connection.execute(_SENT, params).rowcount)
+
+
 class Emails:
     """Every read and write of the ``emails`` table."""
 
     def __init__(self, engine: AsyncEngine, time: DbTime) -> None:
         self.engine = engine
         self.time = time
+        # Emails sent together are marked sent in one transaction (batch.py).
+        self._sent = GroupCommit(self._write, _mark_sent)
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        return await database.write(self.engine, work)
 
     async def for_session(self, session_id: str) -> list[EmailRecord]:
         async with database.read(self.engine) as connection:
@@ -219,16 +254,14 @@ class Emails:
     async def sent(
         self, session_id: str, kind: str, owner: str, recipient: str, now: datetime
     ) -> bool:
-        return await self._settle(
-            session_id,
-            kind,
-            owner,
-            now,
-            status=SENT,
-            recipient=recipient,
-            sent_at=now,
-            last_error=None,
-            next_attempt_at=None,
+        return await self._sent(
+            {
+                "b_session_id": session_id,
+                "b_kind": kind,
+                "b_owner": owner,
+                "b_recipient": recipient,
+                "b_now": now,
+            }
         )
 
     async def failed(

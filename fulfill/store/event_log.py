@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from fulfill.store import database
 from fulfill.store.base import StoreBase, param
+from fulfill.store.batch import GroupCommit
 from fulfill.store.schema import webhook_events
 
 EVENT_RECORDED = select(webhook_events.c.event_id).where(
@@ -25,6 +26,10 @@ _SET_EVENT_OUTCOME = (
 )
 
 
+def set_one_outcome(connection: Connection, params: dict[str, Any]) -> None:
+    connection.execute(_SET_EVENT_OUTCOME, params)
+
+
 class EventLog(StoreBase):
     """``Store``'s record of the webhook events."""
 
@@ -32,6 +37,9 @@ class EventLog(StoreBase):
     # the insert a conflict on the event ID turns into nothing.
     _event_recorded: database.Query
     _event_once: Any
+    # New events and outcomes arriving together share a transaction (batch.py).
+    _record_events: GroupCommit[dict[str, Any], bool]
+    _event_outcomes: GroupCommit[dict[str, Any], None]
 
     async def record_event(
         self,
@@ -50,30 +58,22 @@ class EventLog(StoreBase):
         """
         if await self._event_recorded.rows(self.engine, {"event_id": event_id}):
             return False
+        return await self._record_events(
+            {
+                "event_id": event_id,
+                "type": event_type,
+                "session_id": session_id,
+                "livemode": livemode,
+                "received_at": now,
+                "outcome": outcome,
+            }
+        )
 
-        def work(connection: Connection) -> bool:
-            result = connection.execute(
-                self._event_once,
-                {
-                    "event_id": event_id,
-                    "type": event_type,
-                    "session_id": session_id,
-                    "livemode": livemode,
-                    "received_at": now,
-                    "outcome": outcome,
-                },
-            )
-            return bool(result.rowcount)
-
-        return await self._write(work)
+    def _record_one_event(self, connection: Connection, params: dict[str, Any]) -> bool:
+        return bool(connection.execute(self._event_once, params).rowcount)
 
     async def set_event_outcome(self, event_id: str, outcome: str, now: datetime) -> None:
-        def work(connection: Connection) -> None:
-            connection.execute(
-                _SET_EVENT_OUTCOME, {"b_event_id": event_id, "b_outcome": outcome, "b_now": now}
-            )
-
-        await self._write(work)
+        await self._event_outcomes({"b_event_id": event_id, "b_outcome": outcome, "b_now": now})
 
     async def event(self, event_id: str) -> dict[str, Any] | None:
         async with database.read(self.engine) as connection:

@@ -14,10 +14,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fulfill.store import database
+from fulfill.store.batch import GroupCommit
 from fulfill.store.dbtime import DbTime
 from fulfill.store.deliverables import Deliverables
 from fulfill.store.emails import Emails
-from fulfill.store.event_log import EVENT_RECORDED, EventLog
+from fulfill.store.event_log import EVENT_RECORDED, EventLog, set_one_outcome
 from fulfill.store.leases import Leases, LeaseStatements
 from fulfill.store.listing import Listing
 from fulfill.store.record_query import RecordReads, one_record_query
@@ -51,6 +52,8 @@ class Store(RecordReads, Listing, RecordWrites, Leases, EventLog):
         self._event_once = self._insert(webhook_events).on_conflict_do_nothing(
             index_elements=["event_id"]
         )
+        self._record_events = GroupCommit(self._write, self._record_one_event)
+        self._event_outcomes = GroupCommit(self._write, set_one_outcome)
         # What the built-in actions deliver: their own queries, same database.
         self.deliverables = Deliverables(engine)
         self.emails = Emails(engine, self.time)
