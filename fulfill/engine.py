@@ -201,7 +201,8 @@ class Engine:
                 record, task = await self._start(session_id, trigger, force, admit)
         if task is not None:
             await _bounded(task, wait)
-            record = await self._get(session_id)
+            # A fulfillment that ended kept its final record (``_perform_items``).
+            record = self._fulfilled.get(session_id) or await self._get(session_id)
             await self._note_trigger(record, trigger)
             return self._keep(record)
         assert record is not None
@@ -305,9 +306,15 @@ class Engine:
             return None
         return self.mailer.queued(kind, session_id, claim=claim)
 
-    def _send_emails(self, session_id: str, *, claimed: QueuedEmail | None = None) -> None:
+    def _send_emails(
+        self,
+        session_id: str,
+        *,
+        claimed: QueuedEmail | None = None,
+        record: FulfillmentRecord | None = None,
+    ) -> None:
         if self.mailer is not None:
-            self.mailer.kick(session_id, claimed=claimed)
+            self.mailer.kick(session_id, claimed=claimed, record=record)
 
     # -- checks ---------------------------------------------------------------------
 
@@ -425,8 +432,8 @@ class Engine:
             # the snapshot's, and none was performed.
             pending = [item.line_item_id for item in snapshot.items]
         else:
-            record = await self._get(session_id)
-            pending = [item.line_item_id for item in record.items if item.status != ITEM_DONE]
+            stored = await self._get(session_id)
+            pending = [item.line_item_id for item in stored.items if item.status != ITEM_DONE]
         finished: bool | None = None
         # Queued already claimed: the finish succeeds once per session, so the
         # row it inserts is ours to send without a claim of its own.
@@ -486,8 +493,13 @@ class Engine:
         if finished:
             self.metrics.fulfillments.labels("fulfilled").inc()
             log.info("fulfilled")
+            # Read once, final: for the callers waiting on this task and for the
+            # email, which would each read it again.
+            final: FulfillmentRecord | None = None
+            with contextlib.suppress(Exception):  # they read it themselves then
+                final = self._keep(await self._get(session_id))
             if email is not None:
-                self._send_emails(session_id, claimed=email)
+                self._send_emails(session_id, claimed=email, record=final)
         else:
             log.warning("could not mark the session fulfilled; the lease was lost")
 

@@ -78,17 +78,32 @@ class Mailer:
             return QueuedEmail(kind, message_id, self.owner, self.lease_seconds)
         return QueuedEmail(kind, message_id)
 
-    def kick(self, session_id: str, *, claimed: QueuedEmail | None = None) -> None:
-        """Send the session's due emails (or the one ``claimed``) now, in the background."""
-        task = asyncio.get_running_loop().create_task(self._kicked(session_id, claimed))
+    def kick(
+        self,
+        session_id: str,
+        *,
+        claimed: QueuedEmail | None = None,
+        record: FulfillmentRecord | None = None,
+    ) -> None:
+        """Send the session's due emails (or the one ``claimed``) now, in the background.
+
+        ``record``: the session's record as the caller just read it (after the
+        change the email reports), so that the claimed email is composed
+        without reading it again.
+        """
+        task = asyncio.get_running_loop().create_task(self._kicked(session_id, claimed, record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _kicked(self, session_id: str, claimed: QueuedEmail | None) -> None:
+    async def _kicked(
+        self, session_id: str, claimed: QueuedEmail | None, record: FulfillmentRecord | None
+    ) -> None:
         try:
             if claimed is not None and claimed.owner == self.owner:
                 with logs.bound(session_id=session_id):
-                    await self._deliver(session_id, claimed.kind, claimed.message_id, 1)
+                    await self._deliver(
+                        session_id, claimed.kind, claimed.message_id, 1, record=record
+                    )
             else:
                 await self.send_due(session_id=session_id)
         except Exception as exc:
@@ -122,9 +137,18 @@ class Mailer:
                 return False
             return await self._deliver(session_id, kind, row.message_id, row.attempts)
 
-    async def _deliver(self, session_id: str, kind: str, message_id: str, attempts: int) -> bool:
+    async def _deliver(
+        self,
+        session_id: str,
+        kind: str,
+        message_id: str,
+        attempts: int,
+        *,
+        record: FulfillmentRecord | None = None,
+    ) -> bool:
         """Compose and send an email this mailer holds the claim of; record the outcome."""
-        record = await self.store.get(session_id)
+        if record is None:
+            record = await self.store.get(session_id)
         if record is None:  # a row without its record cannot happen; never loop on it
             await self.store.emails.skipped(
                 session_id, kind, self.owner, "no record of the session", self.clock()
