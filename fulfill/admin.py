@@ -285,8 +285,9 @@ def create_admin_app(service: Callable[[], Service], token: str | None) -> FastA
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
-            {"error": {"code": "http_error", "message": str(exc.detail)}},
+            {"error": {"code": code, "message": str(exc.detail)}},
             status_code=exc.status_code,
         )
 

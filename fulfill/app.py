@@ -24,7 +24,7 @@ from fulfill.errors import FulfillError
 from fulfill.guard import ClientLimits, LookupGuard, TooManyCheckouts
 from fulfill.landing import LandingPage
 from fulfill.outbox import OutboxViewer
-from fulfill.pages import render_error
+from fulfill.pages import render_error, render_problem
 from fulfill.reconcile import Schedule, parse_since
 from fulfill.service import Service
 from fulfill.storefront import Storefront
@@ -190,6 +190,24 @@ def create_app(
     async def home(request: Request) -> Response:
         return RedirectResponse("/shop", status_code=303)
 
+    async def not_found(request: Request, exc: Exception) -> Response:
+        # A path no route takes. Under /api, even one no mount's pattern
+        # matches (a line break in a segment stops its "."), the API's JSON.
+        path = request.url.path
+        if path == "/api" or path.startswith("/api/"):
+            return JSONResponse(
+                {"error": {"code": "not_found", "message": "No such endpoint"}},
+                status_code=404,
+            )
+        return render_problem(
+            request,
+            404,
+            "not_found",
+            "There is no page here",
+            "The address may be mistyped, or the page gone.",
+            back=("Back to the shop", "/shop"),
+        )
+
     async def fulfill_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, FulfillError)
         if exc.status_code >= 500:
@@ -242,7 +260,7 @@ def create_app(
             ),
         ],
         middleware=[Middleware(AccessLog)],
-        exception_handlers={FulfillError: fulfill_error},
+        exception_handlers={FulfillError: fulfill_error, 404: not_found},
         lifespan=lifespan,
     )
     # Starlette answers "/shop/" with a 307 to "/shop" on an absolute URL

@@ -340,6 +340,27 @@ def test_session_ids_are_checked_before_anything_else(
     assert service.shop.get("/_emulator/requests")["total"] == 0
 
 
+def test_a_path_no_route_takes_is_a_json_404_under_the_api_and_a_page_elsewhere(
+    service_factory: ServiceFactory,
+) -> None:
+    """A line break in a segment passes no mount's pattern (``.`` stops at it): the
+    answer must still be the API's JSON under /api, not the framework's text."""
+    service = service_factory(FULFILL_ADMIN_TOKEN=TOKEN)
+    for method, path in (
+        ("POST", "/fulfillments/%29c%3F%0A/retry"),
+        ("GET", "/fulfillments/a%0Ab"),
+        ("GET", "/%0A"),
+    ):
+        answer = api(service, method, path)
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        assert error_code(answer) == "not_found"
+    page = service.client.get("/no-such-page%0A", headers={"Accept": "text/html"})
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert service.client.get("/no-such-page").status_code == 404
+
+
 # -- retry ----------------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ from fulfill.catalog import load_catalog
 from fulfill.engine import Engine, EngineOptions, utcnow
 from fulfill.guard import LookupGuard
 from fulfill.landing import LandingPage
+from fulfill.records import MAY_REPLACE, PENDING, status_for
 from fulfill.service import Service
 from fulfill.store import Store
 from fulfill.store.database import create_engine, migrate
@@ -534,10 +535,31 @@ class Shop(RuleBasedStateMachine):
         # a precondition, as ``crash`` does: it depends on timing.
         now_recorded = self.statuses()
         claimable = [s for s in paid if now_recorded.get(s.session_id) in CLAIMABLE_NOW]
-        bought = self.pick(pick, claimable or paid)
+        unseen = [s for s in paid if s.session_id not in now_recorded]
+        bought = self.pick(pick, claimable or unseen or paid)
         store = self.instances[0].store
         # A lease that ended a lease ago, on the clock leases are judged by.
-        if not self.run(store.claim(bought.session_id, "dead-worker", -LEASE, self.clock.now)):
+        if bought.session_id in now_recorded:
+            claimed = self.run(
+                store.claim(bought.session_id, "dead-worker", -LEASE, self.clock.now)
+            )
+        else:
+            # Nobody has recorded it yet: the dead worker saw it first and, as
+            # an engine does, recorded and claimed it in one write.
+            snapshot = self.run(self.instances[0].stripe.session(bought.session_id))
+            if status_for(snapshot) != PENDING:
+                return
+            observed = self.run(
+                store.observe(
+                    snapshot,
+                    PENDING,
+                    MAY_REPLACE[PENDING],
+                    self.clock.now,
+                    claim=("dead-worker", -LEASE),
+                )
+            )
+            claimed = observed.claimed
+        if not claimed:
             return
         COVERAGE["dead worker"] += 1
         finished = self.done_items()
