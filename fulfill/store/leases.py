@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from fulfill.records import (
@@ -163,20 +163,17 @@ _ITEM_FAILED = (
         ),
     )
 )
-_ITEMS_NOT_DONE = (
-    select(func.count())
-    .select_from(fulfillment_items)
-    .where(
-        fulfillment_items.c.session_id == param("b_session_id"),
-        fulfillment_items.c.status != ITEM_DONE,
-    )
-)
+# ``fulfilled`` while we hold the lease and no item is left to do: one statement.
 _FINISH = (
     update(fulfillments)
     .where(
         fulfillments.c.session_id == param("b_session_id"),
         fulfillments.c.status == FULFILLING,
         fulfillments.c.lease_owner == param("b_owner"),
+        ~exists().where(
+            fulfillment_items.c.session_id == fulfillments.c.session_id,
+            fulfillment_items.c.status != ITEM_DONE,
+        ),
     )
     .values(
         status=FULFILLED,
@@ -428,8 +425,6 @@ class Leases(StoreBase):
 
 
 def _finish(connection: Connection, session_id: str, owner: str, now: datetime) -> bool:
-    if connection.scalar(_ITEMS_NOT_DONE, {"b_session_id": session_id}):
-        return False
     result = connection.execute(
         _FINISH, {"b_session_id": session_id, "b_owner": owner, "b_now": now}
     )
