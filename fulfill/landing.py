@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ REFRESH_SECONDS = 3
 REFRESH_AWAITING_PAYMENT_SECONDS = 10
 
 REFRESHING = {"fulfilling", "pending", "awaiting_payment"}
+
+PLAIN_QUERY = re.compile(rb"session_id=([A-Za-z0-9_]*)")
 
 # Rendered pages of fulfilled orders kept per process (KeptPages), by size: a
 # page is about 15 KB, so some thousand pages; and how long one is kept at most.
@@ -156,6 +159,20 @@ def public_json(record: FulfillmentRecord) -> dict[str, Any]:
         "currency": record.currency,
         "shipping": shipping,
     }
+
+
+def session_id_of(request: Request) -> str:
+    """The ``session_id`` of the query, as Starlette's ``query_params`` reads it.
+
+    The link Stripe sends the customer back with, ``?session_id=cs_…`` and
+    nothing else, has nothing to decode: it is read as it stands, without
+    parsing the query into a multi-dict on every reload. Any other query is
+    parsed.
+    """
+    plain = PLAIN_QUERY.fullmatch(request.scope.get("query_string", b""))
+    if plain is not None:
+        return plain.group(1).decode("ascii")
+    return request.query_params.get("session_id", "")
 
 
 def page_body(record: FulfillmentRecord, as_json: bool) -> bytes:
@@ -290,7 +307,7 @@ class LandingPage:
         self.pages = pages or KeptPages()
 
     async def __call__(self, request: Request) -> Response:
-        session_id = request.query_params.get("session_id", "")
+        session_id = session_id_of(request)
         client = client_address(request)
         if self.guard.known_missing(session_id):
             return _not_found(request)

@@ -15,7 +15,14 @@ from starlette.routing import Route
 
 from fulfill import landing
 from fulfill.engine import Engine
-from fulfill.landing import KeptPages, LandingPage, page_body, public_json, unavailable_message
+from fulfill.landing import (
+    KeptPages,
+    LandingPage,
+    page_body,
+    public_json,
+    session_id_of,
+    unavailable_message,
+)
 from fulfill.records import FulfillmentRecord, ItemRecord, iso
 from tests.conftest import HOOK_METADATA, ServiceFactory, hook_catalog
 from tests.servers import Receiver, serve_in_thread
@@ -457,3 +464,25 @@ def test_a_kept_page_is_answered_with_the_same_headers_and_body() -> None:
             else:
                 assert answers[0].headers["content-type"] == "application/json"
                 assert answers[0].json() == public_json(record)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "session_id=" + SESSION,
+        "session_id=",
+        "",
+        "session_id=cs_test_a%2Fb",
+        "session_id=cs+test",
+        "session_id=a&session_id=b",
+        "x=1&session_id=cs_test_1",
+        "session_id=cs_test_1&x=1",
+        "session_id=cs_test_1;x=1",
+        "session_id=cs_test_\u0430bc",
+        "Session_ID=cs_test_1",
+        "session_id",
+    ],
+)
+def test_the_session_id_is_read_as_starlette_reads_it(query: str) -> None:
+    request = Request({"type": "http", "query_string": query.encode(), "headers": []})
+    assert session_id_of(request) == request.query_params.get("session_id", "")
