@@ -38,7 +38,13 @@ access_log = logging.getLogger("fulfill.access")
 _SECRET_IN_PATH = re.compile(r"(cs_(?:test|live)_[A-Za-z0-9]{6})[A-Za-z0-9]*|(/downloads/)[^/?\s]+")
 
 
+# client "method target" status duration
+ACCESS_FORMAT = '%s "%s %s" %d %.1fms'
+
+
 def redact(text: str) -> str:
+    if "cs_" not in text and "/downloads/" not in text:
+        return text
     return _SECRET_IN_PATH.sub(
         lambda m: (m.group(1) + "…") if m.group(1) else m.group(2) + "…", text
     )
@@ -65,16 +71,29 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            query = scope.get("query_string", b"").decode("latin-1")
-            target = scope["path"] + (f"?{query}" if query else "")
-            access_log.info(
-                '%s "%s %s" %d %.1fms',
-                (scope.get("client") or ("-",))[0],
-                scope["method"],
-                redact(target),
-                status["code"],
-                (time.perf_counter() - started) * 1000,
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                query = scope.get("query_string", b"").decode("latin-1")
+                target = scope["path"] + (f"?{query}" if query else "")
+                line = (
+                    (scope.get("client") or ("-",))[0],
+                    scope["method"],
+                    redact(target),
+                    status["code"],
+                    (time.perf_counter() - started) * 1000,
+                )
+                # Logger.info() less its walk up the stack for the caller, which
+                # is always this method: the walk was a sixth of the line's cost.
+                record = access_log.makeRecord(
+                    access_log.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    ACCESS_FORMAT,
+                    line,
+                    None,
+                    "AccessLog",
+                )
+                access_log.handle(record)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

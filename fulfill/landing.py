@@ -9,15 +9,22 @@ leaks the URL as a referrer (SPEC §10.5).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
-from collections.abc import Mapping
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from cachetools import LRUCache
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 
 from fulfill.engine import LANDING, Engine, InvalidSessionId, ModeMismatch
 from fulfill.guard import LookupGuard, TooManyLookups, client_address
@@ -34,7 +41,15 @@ from fulfill.presentation import (
 from fulfill.records import FAILED, FULFILLED, FULFILLING, PENDING, FulfillmentRecord
 from fulfill.stripe_api import SessionNotFound, StripeApiError, StripeUnavailable
 
-__all__ = ["PRIVATE_HEADERS", "LandingPage", "money", "public_json", "render_record", "safe_url"]
+__all__ = [
+    "PRIVATE_HEADERS",
+    "KeptPages",
+    "LandingPage",
+    "money",
+    "public_json",
+    "render_record",
+    "safe_url",
+]
 
 log = logging.getLogger("fulfill.landing")
 
@@ -45,6 +60,13 @@ REFRESH_SECONDS = 3
 REFRESH_AWAITING_PAYMENT_SECONDS = 10
 
 REFRESHING = {"fulfilling", "pending", "awaiting_payment"}
+
+PLAIN_QUERY = re.compile(rb"session_id=([A-Za-z0-9_]*)")
+
+# Rendered pages of fulfilled orders kept per process (KeptPages), by size: a
+# page is about 15 KB, so some thousand pages; and how long one is kept at most.
+KEPT_PAGE_BYTES = 16 * 1024 * 1024
+KEPT_PAGE_SECONDS = 60.0
 
 # States whose order is, or will be, emailed: the page says where to.
 EMAILED = {"fulfilled", "fulfilling", "pending", "awaiting_payment", "failed", "payment_failed"}
@@ -139,38 +161,153 @@ def public_json(record: FulfillmentRecord) -> dict[str, Any]:
     }
 
 
-def render_record(request: Request, record: FulfillmentRecord) -> Response:
-    if wants_json(request):
-        return JSONResponse(public_json(record), headers=PRIVATE_HEADERS)
+def session_id_of(request: Request) -> str:
+    """The ``session_id`` of the query, as Starlette's ``query_params`` reads it.
+
+    The link Stripe sends the customer back with, ``?session_id=cs_…`` and
+    nothing else, has nothing to decode: it is read as it stands, without
+    parsing the query into a multi-dict on every reload. Any other query is
+    parsed.
+    """
+    plain = PLAIN_QUERY.fullmatch(request.scope.get("query_string", b""))
+    if plain is not None:
+        return plain.group(1).decode("ascii")
+    return request.query_params.get("session_id", "")
+
+
+def page_body(record: FulfillmentRecord, as_json: bool) -> bytes:
+    """The landing page of ``record``, as HTML or as its public JSON, encoded.
+
+    A function of the record alone: the template reads no clock, no request
+    and no per-response value (a nonce), which is what lets ``KeptPages``
+    serve it again.
+    """
+    if as_json:
+        # As JSONResponse writes it.
+        return json.dumps(
+            public_json(record), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode()
     title, message = STATES.get(record.status, STATES["failed"])
-    html = TEMPLATES.get_template("landing.html").render(
-        record=record,
-        title=title,
-        message=message,
-        badge=BADGES.get(record.status, BADGES["failed"]),
-        item_badge=item_badge,
-        refresh=(
-            None
-            if record.status not in REFRESHING
-            else REFRESH_AWAITING_PAYMENT_SECONDS
-            if record.status == "awaiting_payment"
-            else REFRESH_SECONDS
-        ),
-        emailed=record.status in EMAILED,
+    return (
+        TEMPLATES.get_template("landing.html")
+        .render(
+            record=record,
+            title=title,
+            message=message,
+            badge=BADGES.get(record.status, BADGES["failed"]),
+            item_badge=item_badge,
+            refresh=(
+                None
+                if record.status not in REFRESHING
+                else REFRESH_AWAITING_PAYMENT_SECONDS
+                if record.status == "awaiting_payment"
+                else REFRESH_SECONDS
+            ),
+            emailed=record.status in EMAILED,
+        )
+        .encode()
     )
-    return HTMLResponse(html, headers=PRIVATE_HEADERS)
+
+
+def page_response(body: bytes, as_json: bool) -> Response:
+    if as_json:
+        return Response(body, media_type="application/json", headers=PRIVATE_HEADERS)
+    return HTMLResponse(body, headers=PRIVATE_HEADERS)
+
+
+def render_record(request: Request, record: FulfillmentRecord) -> Response:
+    as_json = wants_json(request)
+    return page_response(page_body(record, as_json), as_json)
+
+
+def named_moments(record: FulfillmentRecord) -> list[float]:
+    """The moments (unix seconds) a record's deliveries name: links' expiries, access windows."""
+    moments = []
+    for item in record.items:
+        if item.status != "done" or not isinstance(item.result, Mapping):
+            continue
+        access = item.result.get("access")
+        named = [item.result.get("expires_at")]
+        if isinstance(access, Mapping):
+            named += [access.get("starts_at"), access.get("ends_at")]
+        for text in named:
+            if isinstance(text, str):
+                with contextlib.suppress(ValueError):
+                    moment = datetime.fromisoformat(text)
+                    moments.append(moment.replace(tzinfo=moment.tzinfo or UTC).timestamp())
+    return moments
+
+
+@dataclass(frozen=True)
+class _Kept:
+    record: FulfillmentRecord
+    body: bytes
+    until: float
+
+
+class KeptPages:
+    """Rendered pages of fulfilled orders, served again while they are what rendering would give.
+
+    A customer reloading the page of a fulfilled order was answered by
+    rendering the whole template each time: most of the visit's CPU
+    (docs/benchmark.md). ``fulfilled`` is final, and the engine returns the
+    very same record object to every visit while it keeps it (its own LRU of
+    fulfilled records); the page is a function of that record and of whether
+    the visit asks for JSON (``page_body``). So a page is kept with the
+    record it shows, and served only to a visit that got that same object
+    back. It is rendered again, all the same, once ``seconds`` have passed
+    or a moment the record names (a download link's expiry, an access
+    window's start or end) has come: the page says nothing of those today,
+    and a page that one day does must not outlive them. Bounded by the bytes
+    kept, the least recently served dropped first.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = KEPT_PAGE_BYTES,
+        seconds: float = KEPT_PAGE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._pages: LRUCache[tuple[str, bool], _Kept] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda kept: len(kept.body)
+        )
+
+    def body(self, record: FulfillmentRecord, as_json: bool) -> bytes:
+        """The page of ``record``: kept, or rendered (and kept when the record is fulfilled)."""
+        if record.status != FULFILLED:
+            return page_body(record, as_json)
+        key = (record.session_id, as_json)
+        now = self.clock()
+        kept = self._pages.get(key)
+        if kept is not None and kept.record is record and now < kept.until:
+            return kept.body
+        body = page_body(record, as_json)
+        until = min([now + self.seconds, *(m for m in named_moments(record) if m > now)])
+        with contextlib.suppress(ValueError):  # a page larger than the whole bound
+            self._pages[key] = _Kept(record, body, until)
+        return body
 
 
 class LandingPage:
     """``GET /checkout/complete``."""
 
-    def __init__(self, engine: Engine, wait: float, guard: LookupGuard | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        wait: float,
+        guard: LookupGuard | None = None,
+        pages: KeptPages | None = None,
+    ) -> None:
         self.engine = engine
         self.wait = wait
         self.guard = guard or LookupGuard()
+        self.pages = pages or KeptPages()
 
     async def __call__(self, request: Request) -> Response:
-        session_id = request.query_params.get("session_id", "")
+        session_id = session_id_of(request)
         client = client_address(request)
         if self.guard.known_missing(session_id):
             return _not_found(request)
@@ -230,7 +367,8 @@ class LandingPage:
             # it knows about the payment, and nothing when it knows nothing.
             known = await self._stored(session_id)
             return _unavailable(request, exc, session_id, known)
-        return render_record(request, record)
+        as_json = wants_json(request)
+        return page_response(self.pages.body(record, as_json), as_json)
 
     async def _stored(self, session_id: str) -> FulfillmentRecord | None:
         try:

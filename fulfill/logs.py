@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import json
 import logging
 import logging.config
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from json.encoder import encode_basestring_ascii as encode_json_string
 from typing import Any
 
 import pythonjsonlogger.json
@@ -88,11 +91,85 @@ class ContextFilter(logging.Filter):
             return True
         if "cs_" in message and (scrubbed := scrub(message)) != message:
             record.msg, record.args = scrubbed, None
+        elif record.args and isinstance(record.msg, str):
+            # Kept formatted: the formatter's getMessage() finds it done.
+            record.msg, record.args = message, None
         return True
 
 
 class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
-    """JSON lines; a traceback's session IDs replaced by their references."""
+    """JSON lines; a traceback's session IDs replaced by their references.
+
+    A plain record (no exception, stack or extra attribute, every field a
+    string or None: every access line, nearly every other) is written
+    directly: the fields of ``fmt``, renamed, in order, each string escaped
+    by the same function the ``json`` module uses. That is the line
+    python-json-logger writes (tests/test_logs.py compares the two) for a
+    third of its CPU: its ``format`` makes an encoder and walks the record's
+    attributes for extras on every line, and the access log writes a line
+    per request (docs/benchmark.md). Anything else takes the library's path.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # '"time": ', '"level": ', … : each field's name as it opens its pair.
+        self._keys = tuple(
+            (field, encode_json_string(self._get_rename(field)) + ": ")
+            for field in self._required_fields
+        )
+        self._asctime = "asctime" in self._required_fields
+        # The time down to the second, kept for the second it names (one tuple:
+        # threads replace it whole).
+        self._second: tuple[int, str] = (-1, "")
+        # Only for the configuration logging_config gives: a line of the fields alone.
+        self._direct = (
+            self.json_serializer is json.dumps
+            and self.json_encoder is pythonjsonlogger.json.JsonEncoder
+            and self.json_default is None
+            and self.json_indent is None
+            and self.json_ensure_ascii
+            and not (self.prefix or self.defaults or self.static_fields or self.timestamp)
+            and not self.rename_fields_keep_missing
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        attributes = record.__dict__
+        if (
+            not self._direct
+            or record.exc_info
+            or record.exc_text
+            or record.stack_info
+            or isinstance(record.msg, dict)
+            or not self._skip_fields.issuperset(attributes)
+        ):
+            return super().format(record)
+        record.message = record.getMessage()
+        if self._asctime:
+            record.asctime = self.formatTime(record, self.datefmt)
+        pairs = []
+        for field, key in self._keys:
+            value = attributes.get(field)
+            if value is None:
+                pairs.append(key + "null")
+            elif type(value) is str:
+                pairs.append(key + encode_json_string(value))
+            else:
+                return super().format(record)
+        return "{" + ", ".join(pairs) + "}"
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``logging.Formatter``'s, with the part down to the second made once a second."""
+        msec_format = self.default_msec_format
+        if datefmt is not None or self.converter is not time.localtime or msec_format is None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        kept = self._second
+        if kept[0] != second:
+            kept = self._second = (
+                second,
+                time.strftime(self.default_time_format, self.converter(record.created)),
+            )
+        return msec_format % (kept[1], record.msecs)
 
     def formatException(self, ei: Any) -> Any:
         text = super().formatException(ei)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx
@@ -12,9 +13,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from fulfill import landing
 from fulfill.engine import Engine
-from fulfill.landing import LandingPage, public_json, unavailable_message
-from fulfill.records import FulfillmentRecord, ItemRecord
+from fulfill.landing import (
+    KeptPages,
+    LandingPage,
+    page_body,
+    public_json,
+    session_id_of,
+    unavailable_message,
+)
+from fulfill.records import FulfillmentRecord, ItemRecord, iso
 from tests.conftest import HOOK_METADATA, ServiceFactory, hook_catalog
 from tests.servers import Receiver, serve_in_thread
 from tests.test_engine import wait_status
@@ -306,3 +315,174 @@ def test_public_json_shows_what_each_item_delivers_as_the_page_does() -> None:
     assert poster["state"] == "Confirmed"
     assert "li_" not in repr(public)
     assert "internal" not in repr(public)
+
+
+# -- pages of fulfilled orders, kept rendered ----------------------------------------------
+
+START = 1_900_000_000.0
+
+
+def fulfilled(link_expires: float) -> FulfillmentRecord:
+    """A fulfilled order of one download whose link expires at ``link_expires``."""
+    return FulfillmentRecord(
+        session_id=SESSION,
+        status="fulfilled",
+        customer={"email": "jenny@example.com"},
+        amount_total=1000,
+        currency="eur",
+        triggers=["webhook:evt_1", "landing"],
+        items=[
+            ItemRecord(
+                line_item_id="li_1",
+                position=0,
+                price_id="price_1",
+                product_id="prod_1",
+                description="E-book",
+                quantity=1,
+                amount_total=1000,
+                currency="eur",
+                action="download",
+                status="done",
+                result={
+                    "links": [{"label": "ebook.pdf", "url": "https://shop.test/downloads/t"}],
+                    "expires_at": iso(datetime.fromtimestamp(link_expires, UTC)),
+                    "message": "Your download link works until 17 March 2030, 17:46 UTC.",
+                },
+            )
+        ],
+    )
+
+
+def test_a_kept_page_is_served_only_while_rendering_would_give_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered: list[tuple[FulfillmentRecord, bool]] = []
+
+    def render(record: FulfillmentRecord, as_json: bool) -> bytes:
+        rendered.append((record, as_json))
+        return page_body(record, as_json)
+
+    monkeypatch.setattr(landing, "page_body", render)
+    now = START
+    expires = START + 100  # before the second minute's end: the link's expiry comes first
+    record = fulfilled(expires)
+    pages = KeptPages(seconds=60, clock=lambda: now)
+
+    def served(as_json: bool = False) -> bytes:
+        body = pages.body(record, as_json)
+        assert body == page_body(record, as_json), "a kept page differs from a fresh one"
+        return body
+
+    assert b"ebook.pdf" in served()
+    assert served(as_json=True).startswith(b'{"status":"fulfilled"')
+    assert len(rendered) == 2
+    for _ in range(3):
+        served()
+        served(as_json=True)
+    assert len(rendered) == 2
+    # At most `seconds` after it was rendered.
+    now = START + 59.9
+    served()
+    assert len(rendered) == 2
+    now = START + 60
+    served()
+    assert rendered[-1] == (record, False)
+    assert len(rendered) == 3
+    # Never past a moment the record names: the download link's expiry.
+    now = expires - 0.001
+    served()
+    assert len(rendered) == 3
+    now = expires
+    served()
+    assert len(rendered) == 4
+    now = expires + 1
+    served()
+    assert len(rendered) == 4
+    # Another record of the session (the engine read it again): rendered for it.
+    record = fulfilled(expires)
+    served()
+    assert len(rendered) == 5
+    assert rendered[-1][0] is record
+    # An order that may still change is rendered on every visit.
+    record = FulfillmentRecord(session_id=SESSION, status="fulfilling")
+    served()
+    served()
+    assert len(rendered) == 7
+
+
+def test_kept_pages_are_bounded_by_size() -> None:
+    pages = KeptPages(max_bytes=3 * len(page_body(fulfilled(START), False)), clock=lambda: START)
+    records = [fulfilled(START + 3600) for _ in range(5)]
+    for n, record in enumerate(records):
+        record.session_id = f"cs_test_kept{n}" + "b" * 50
+        pages.body(record, False)
+    assert len(pages._pages) == 3
+    assert pages._pages.currsize <= pages._pages.maxsize
+
+
+def without_date(answer: httpx.Response) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in answer.headers.items() if name != "date"]
+
+
+class _KeepingEngine:
+    """Returns one record object for every visit, as the engine does for a fulfilled order."""
+
+    def __init__(self, record: FulfillmentRecord) -> None:
+        self.record = record
+
+    async def fulfill_checkout(self, session_id: str, **_: Any) -> FulfillmentRecord:
+        assert session_id == self.record.session_id
+        return self.record
+
+
+def test_a_kept_page_is_answered_with_the_same_headers_and_body() -> None:
+    record = fulfilled(START + 3600)
+    page_of = LandingPage(cast(Engine, _KeepingEngine(record)), wait=0)
+
+    async def landing_route(request: Request) -> Response:
+        return await page_of(request)
+
+    app = Starlette(routes=[Route("/checkout/complete", landing_route)])
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for accept in ("text/html", "application/json"):
+            answers = [
+                client.get(
+                    "/checkout/complete", params={"session_id": SESSION}, headers={"Accept": accept}
+                )
+                for _ in range(3)
+            ]
+            assert len(page_of.pages._pages) == (1 if accept == "text/html" else 2)
+            for answer in answers:
+                assert answer.status_code == 200
+                assert answer.content == answers[0].content
+                assert without_date(answer) == without_date(answers[0])
+                assert answer.headers["cache-control"] == "no-store"
+                assert answer.headers["referrer-policy"] == "no-referrer"
+            if accept == "text/html":
+                assert answers[0].headers["content-type"] == "text/html; charset=utf-8"
+                assert "ebook.pdf" in answers[0].text
+            else:
+                assert answers[0].headers["content-type"] == "application/json"
+                assert answers[0].json() == public_json(record)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "session_id=" + SESSION,
+        "session_id=",
+        "",
+        "session_id=cs_test_a%2Fb",
+        "session_id=cs+test",
+        "session_id=a&session_id=b",
+        "x=1&session_id=cs_test_1",
+        "session_id=cs_test_1&x=1",
+        "session_id=cs_test_1;x=1",
+        "session_id=cs_test_\u0430bc",
+        "Session_ID=cs_test_1",
+        "session_id",
+    ],
+)
+def test_the_session_id_is_read_as_starlette_reads_it(query: str) -> None:
+    request = Request({"type": "http", "query_string": query.encode(), "headers": []})
+    assert session_id_of(request) == request.query_params.get("session_id", "")

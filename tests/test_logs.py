@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import pythonjsonlogger.json
 from click.testing import CliRunner
 
 import fulfill.operations  # noqa: F401 - registers `fulfill show`
 from fulfill.cli import main
-from fulfill.logs import is_log_reference, log_reference, scrub
+from fulfill.logs import JsonFormatter, is_log_reference, log_reference, logging_config, scrub
 from tests.conftest import HOOK_METADATA, HOOK_SECRET, EmulatorServer, hook_catalog
 from tests.processes import Instance, start_instance
 from tests.servers import Receiver
@@ -189,3 +193,65 @@ def test_a_log_reference_is_stable_short_and_not_the_id() -> None:
     # Whole IDs in a message or traceback become references; cut-short forms stay.
     assert scrub(f"no such session: {session_id}!") == f"no such session: {reference}!"
     assert scrub(f"{session_id[:16]}… and {reference}") == f"{session_id[:16]}… and {reference}"
+
+
+def json_formatter() -> JsonFormatter:
+    config = logging_config(json_lines=True)["formatters"]["fulfill"]
+    options = {key: value for key, value in config.items() if key != "()"}
+    return JsonFormatter(**options)
+
+
+def record(message: str, *args: Any, **attributes: Any) -> logging.LogRecord:
+    line = logging.LogRecord("fulfill.access", logging.INFO, __file__, 1, message, args, None)
+    line.__dict__.update({"session_ref": None, "event_id": None, **attributes})
+    return line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        record(
+            '%s "%s %s" %d %.1fms',
+            "127.0.0.1",
+            "GET",
+            "/checkout/complete?session_id=cs_…",
+            200,
+            1.25,
+        ),
+        record("fulfilled", session_ref="cs_test_a1b2c3d4-9f86d08188", event_id="evt_1"),
+        record('quotes " and \\ and\nnewlines, «ünïcode» and \x00 control'),
+        record("a number where a string goes", event_id=7),
+        record("an extra field", customer="someone"),
+        record({"a": "dict"}),  # type: ignore[arg-type]
+    ],
+    ids=["access", "context", "escapes", "number", "extra", "dict"],
+)
+def test_the_json_lines_are_python_json_loggers_own(line: logging.LogRecord) -> None:
+    # Plain records take a direct path (fulfill.logs.JsonFormatter.format): the
+    # same line as the library writes, to the character.
+    formatter = json_formatter()
+    ours = formatter.format(line)
+    library = pythonjsonlogger.json.JsonFormatter.format(formatter, line)
+    assert ours == library
+    assert json.loads(ours)["logger"] == "fulfill.access"
+
+
+def test_a_json_line_with_a_traceback_keeps_no_session_id() -> None:
+    session_id = "cs_test_a1" + "Zq9" * 19 + "x"
+    try:
+        raise RuntimeError(f"no such session: {session_id}")
+    except RuntimeError:
+        line = record("failed")
+        line.exc_info = sys.exc_info()
+    text = json_formatter().format(line)
+    assert session_id not in text
+    assert log_reference(session_id) in json.loads(text)["exc_info"]
+
+
+def test_the_time_of_a_json_line_is_loggings_own() -> None:
+    formatter = json_formatter()
+    plain = logging.Formatter()
+    line = record("now")
+    for created in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_600_000_000.25):
+        line.created, line.msecs = created, (created - int(created)) * 1000
+        assert formatter.formatTime(line) == plain.formatTime(line)

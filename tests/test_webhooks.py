@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import stripe
 
-from fulfill.webhooks import SignatureError, WebhookError, parse_event, verify
+from fulfill.webhooks import (
+    SignatureError,
+    WebhookError,
+    leading_event_id,
+    parse_event,
+    verify,
+)
 from tests.conftest import WEBHOOK_SECRET, ServiceFactory, ServiceServer, table_rows
 
 SECRETS = ("whsec_old", "whsec_new")
@@ -253,6 +259,105 @@ def test_duplicates_are_answered_from_memory_once_the_event_is_recorded() -> Non
     assert answers[0] == {"received": True}
     assert answers[1:] == [{"received": True, "duplicate": True}] * 9
     assert inbox.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        (b'{"id": "evt_1A2b_3", "object": "event"}', "evt_1A2b_3"),
+        (b'\n { \r\n  "id"\t:  "evt_x", "id": "evt_y"}', "evt_x"),
+        (b'{"object": "event", "id": "evt_1"}', None),  # not first: parsed whole
+        (b'{"data": {"id": "evt_1"}, "id": "evt_2"}', None),
+        (b'{"id": "ch_1"}', None),
+        (b'{"id": "evt_\\u0031"}', None),
+        (b'{"id": "evt_1\\"}', None),
+        (b'\xef\xbb\xbf{"id": "evt_1"}', None),
+        (b'{"id": ["evt_1"]}', None),
+        (b"", None),
+    ],
+)
+def test_the_leading_event_id_is_read_only_from_the_first_key(
+    body: bytes, found: str | None
+) -> None:
+    assert leading_event_id(body) == found
+
+
+def test_a_known_redelivery_is_answered_after_its_signature_and_nothing_else() -> None:
+    """A recorded event's redelivery skips the parse, never the signature check."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from fulfill.metrics import Metrics
+    from fulfill.webhooks import WebhookEndpoint
+
+    class Inbox:
+        calls = 0
+
+        async def record_event(self, *args: Any) -> bool:
+            self.calls += 1
+            return self.calls == 1
+
+    class Engine:
+        metrics = Metrics()
+
+    inbox = Inbox()
+    endpoint = WebhookEndpoint(
+        Engine(),  # type: ignore[arg-type]
+        inbox,  # type: ignore[arg-type]
+        [WEBHOOK_SECRET],
+        tolerance=300,
+        inline_budget=0,
+        livemode=False,
+    )
+    payload = event("cs_test_fastpath1", "payment_intent.created")
+    event_id = json.loads(payload)["id"]
+
+    async def deliver(body: bytes, header: str | None) -> tuple[int, Any]:
+        headers = [(b"content-type", b"application/json")]
+        if header is not None:
+            headers.append((b"stripe-signature", header.encode()))
+        scope = {"type": "http", "method": "POST", "path": "/webhooks/stripe", "headers": headers}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        answer = await endpoint(Request(scope, receive))
+        return answer.status_code, json.loads(bytes(answer.body))
+
+    def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
+        return signature(body, secret, int(time.time()))
+
+    def counted(outcome: str) -> float:
+        value = Engine.metrics.registry.get_sample_value(
+            "fulfill_webhook_events_total", {"type": "payment_intent.created", "outcome": outcome}
+        )
+        return value or 0.0
+
+    async def scenario() -> None:
+        assert await deliver(payload, signed(payload)) == (200, {"received": True})
+        duplicate = (200, {"received": True, "duplicate": True})
+        assert await deliver(payload, signed(payload)) == duplicate
+        assert counted("duplicate") == 1
+        # The same bytes without a valid signature are refused, known ID or not.
+        for header in (None, signed(payload, "whsec_wrong"), signed(payload + b" ")):
+            status, body = await deliver(payload, header)
+            assert status == 400
+            assert body["error"]["code"] == "invalid_signature"
+        assert counted("duplicate") == 1
+        # Keys in another order: parsed whole, and still a duplicate.
+        reordered = json.dumps(dict(reversed(list(json.loads(payload).items())))).encode()
+        assert leading_event_id(reordered) is None
+        assert await deliver(reordered, signed(reordered)) == duplicate
+        # An unknown ID at the start gets the whole parse and its checks.
+        broken = b'{"id": "evt_new1", "object": "event"}'
+        status, body = await deliver(broken, signed(broken))
+        assert (status, body["error"]["code"]) == (400, "invalid_webhook")
+        assert counted("duplicate") == 2
+        assert inbox.calls == 1
+        assert event_id in endpoint._recorded
+
+    asyncio.run(scenario())
 
 
 async def test_a_handler_retries_while_stripe_fails_and_closing_ends_its_pause(
