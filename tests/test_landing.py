@@ -23,6 +23,7 @@ from fulfill.landing import (
     session_id_of,
     unavailable_message,
 )
+from fulfill.pages import wants_json
 from fulfill.records import FulfillmentRecord, ItemRecord, iso
 from tests.conftest import HOOK_METADATA, ServiceFactory, hook_catalog
 from tests.servers import Receiver, serve_in_thread
@@ -536,3 +537,24 @@ async def test_a_reload_asks_the_engine_unless_it_would_only_hand_back_the_kept_
     now = START + 3600
     assert await visit() == page_body(record, as_json=False)
     assert engine.calls == 4
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type", "json"),
+    [
+        ("text/html", "", False),
+        ("text/html,application/xhtml+xml,application/json;q=0.9,*/*;q=0.8", "", False),
+        ("application/json", "", True),
+        ("application/json, text/plain", "", True),
+        ("", "application/json", True),
+        ("*/*", "Application/JSON; charset=utf-8", True),
+        ("text/html", "application/json", False),
+        ("*/*", "", False),
+        ("", "", False),
+    ],
+)
+def test_json_is_for_clients_that_ask_for_it_and_never_for_a_browser(
+    accept: str, content_type: str, json: bool
+) -> None:
+    headers = [(b"accept", accept.encode()), (b"content-type", content_type.encode())]
+    assert wants_json(Request({"type": "http", "headers": headers})) is json
