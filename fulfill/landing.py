@@ -248,18 +248,25 @@ class _Kept:
 class KeptPages:
     """Rendered pages of fulfilled orders, served again while they are what rendering would give.
 
-    A customer reloading the page of a fulfilled order was answered by
-    rendering the whole template each time: most of the visit's CPU
-    (docs/benchmark.md). ``fulfilled`` is final, and the engine returns the
-    very same record object to every visit while it keeps it (its own LRU of
-    fulfilled records); the page is a function of that record and of whether
-    the visit asks for JSON (``page_body``). So a page is kept with the
-    record it shows, and served only to a visit that got that same object
-    back. It is rendered again, all the same, once ``seconds`` have passed
-    or a moment the record names (a download link's expiry, an access
-    window's start or end) has come: the page says nothing of those today,
-    and a page that one day does must not outlive them. Bounded by the bytes
-    kept, the least recently served dropped first.
+    A customer reloading the page of a fulfilled order was answered by asking
+    the engine and rendering the whole template each time: most of the
+    visit's CPU (docs/benchmark.md). ``fulfilled`` is final, and the page is
+    a function of the record and of whether the visit asks for JSON
+    (``page_body``). So the page of a fulfilled record is kept with the
+    record, and served again:
+
+    - after the engine, to a visit that got that very record object back (the
+      engine keeps fulfilled records, and hands the same object to every
+      visit while it does);
+    - before the engine (``reload``), when the kept record already has its
+      landing visit recorded: the engine would have nothing to do but hand
+      that record back.
+
+    It is rendered again, all the same, once ``seconds`` have passed or a
+    moment the record names (a download link's expiry, an access window's
+    start or end) has come: the page says nothing of those today, and a page
+    that one day does must not outlive them. Bounded by the bytes kept, the
+    least recently served dropped first.
     """
 
     def __init__(
@@ -274,6 +281,18 @@ class KeptPages:
         self._pages: LRUCache[tuple[str, bool], _Kept] = LRUCache(
             maxsize=max_bytes, getsizeof=lambda kept: len(kept.body)
         )
+
+    def reload(self, session_id: str, as_json: bool) -> bytes | None:
+        """The kept page of a fulfilled order whose landing visit is recorded; None if none holds.
+
+        For such an order the engine has nothing left to do on a visit but
+        hand back the record the page was rendered from: the page is answered
+        without asking it.
+        """
+        kept = self._pages.get((session_id, as_json))
+        if kept is None or LANDING not in kept.record.triggers or self.clock() >= kept.until:
+            return None
+        return kept.body
 
     def body(self, record: FulfillmentRecord, as_json: bool) -> bytes:
         """The page of ``record``: kept, or rendered (and kept when the record is fulfilled)."""
@@ -308,6 +327,10 @@ class LandingPage:
 
     async def __call__(self, request: Request) -> Response:
         session_id = session_id_of(request)
+        as_json = wants_json(request)
+        kept = self.pages.reload(session_id, as_json)
+        if kept is not None:
+            return page_response(kept, as_json)
         client = client_address(request)
         if self.guard.known_missing(session_id):
             return _not_found(request)
@@ -367,7 +390,6 @@ class LandingPage:
             # it knows about the payment, and nothing when it knows nothing.
             known = await self._stored(session_id)
             return _unavailable(request, exc, session_id, known)
-        as_json = wants_json(request)
         return page_response(self.pages.body(record, as_json), as_json)
 
     async def _stored(self, session_id: str) -> FulfillmentRecord | None:

@@ -21,12 +21,12 @@ PRIVATE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"
 def wants_json(request: Request) -> bool:
     """A client that asks for JSON, or sends it, gets JSON answers and errors."""
     accept = request.headers.get("accept", "")
-    if "application/json" in accept and "text/html" not in accept:
+    if "text/html" in accept:
+        return False  # a browser, whatever else it takes
+    if "application/json" in accept:
         return True
     content_type = request.headers.get("content-type", "")
-    return content_type.split(";")[0].strip().lower() == "application/json" and (
-        "text/html" not in accept
-    )
+    return content_type.split(";")[0].strip().lower() == "application/json"
 
 
 def render_problem(

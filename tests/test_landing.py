@@ -23,6 +23,7 @@ from fulfill.landing import (
     session_id_of,
     unavailable_message,
 )
+from fulfill.pages import wants_json
 from fulfill.records import FulfillmentRecord, ItemRecord, iso
 from tests.conftest import HOOK_METADATA, ServiceFactory, hook_catalog
 from tests.servers import Receiver, serve_in_thread
@@ -429,15 +430,18 @@ class _KeepingEngine:
 
     def __init__(self, record: FulfillmentRecord) -> None:
         self.record = record
+        self.calls = 0
 
     async def fulfill_checkout(self, session_id: str, **_: Any) -> FulfillmentRecord:
         assert session_id == self.record.session_id
+        self.calls += 1
         return self.record
 
 
 def test_a_kept_page_is_answered_with_the_same_headers_and_body() -> None:
     record = fulfilled(START + 3600)
-    page_of = LandingPage(cast(Engine, _KeepingEngine(record)), wait=0)
+    engine = _KeepingEngine(record)
+    page_of = LandingPage(cast(Engine, engine), wait=0)
 
     async def landing_route(request: Request) -> Response:
         return await page_of(request)
@@ -451,7 +455,10 @@ def test_a_kept_page_is_answered_with_the_same_headers_and_body() -> None:
                 )
                 for _ in range(3)
             ]
-            assert len(page_of.pages._pages) == (1 if accept == "text/html" else 2)
+            kept = 1 if accept == "text/html" else 2
+            assert len(page_of.pages._pages) == kept
+            # The landing visit is recorded: reloads do not ask the engine.
+            assert engine.calls == kept
             for answer in answers:
                 assert answer.status_code == 200
                 assert answer.content == answers[0].content
@@ -486,3 +493,68 @@ def test_a_kept_page_is_answered_with_the_same_headers_and_body() -> None:
 def test_the_session_id_is_read_as_starlette_reads_it(query: str) -> None:
     request = Request({"type": "http", "query_string": query.encode(), "headers": []})
     assert session_id_of(request) == request.query_params.get("session_id", "")
+
+
+async def test_a_reload_asks_the_engine_unless_it_would_only_hand_back_the_kept_record() -> None:
+    now = START
+    pages = KeptPages(seconds=60, clock=lambda: now)
+    record = fulfilled(START + 3600)
+    engine = _KeepingEngine(record)
+    page_of = LandingPage(cast(Engine, engine), wait=0, pages=pages)
+
+    async def visit() -> bytes:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/checkout/complete",
+            "query_string": f"session_id={SESSION}".encode(),
+            "headers": [(b"accept", b"text/html")],
+            "client": ("203.0.113.7", 4321),
+        }
+        answer = await page_of(Request(scope))
+        assert answer.status_code == 200
+        assert answer.headers["cache-control"] == "no-store"
+        return bytes(answer.body)
+
+    # Fulfilled, but its landing visit not recorded (the engine records it on
+    # the first visit): the engine is asked each time; the page is rendered once.
+    record.triggers.remove("landing")
+    pages_before = await visit()
+    assert await visit() == pages_before
+    assert engine.calls == 2
+    # Recorded (as the engine does on that first visit): the kept page is the
+    # answer, until the minute is over.
+    record.triggers.append("landing")
+    for _ in range(3):
+        assert await visit() == pages_before
+    assert engine.calls == 2
+    now = START + 60
+    assert await visit() == pages_before
+    assert engine.calls == 3
+    assert await visit() == pages_before
+    assert engine.calls == 3
+    # The download link's expiry: the engine, and a new rendering, again.
+    now = START + 3600
+    assert await visit() == page_body(record, as_json=False)
+    assert engine.calls == 4
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type", "json"),
+    [
+        ("text/html", "", False),
+        ("text/html,application/xhtml+xml,application/json;q=0.9,*/*;q=0.8", "", False),
+        ("application/json", "", True),
+        ("application/json, text/plain", "", True),
+        ("", "application/json", True),
+        ("*/*", "Application/JSON; charset=utf-8", True),
+        ("text/html", "application/json", False),
+        ("*/*", "", False),
+        ("", "", False),
+    ],
+)
+def test_json_is_for_clients_that_ask_for_it_and_never_for_a_browser(
+    accept: str, content_type: str, json: bool
+) -> None:
+    headers = [(b"accept", accept.encode()), (b"content-type", content_type.encode())]
+    assert wants_json(Request({"type": "http", "headers": headers})) is json
