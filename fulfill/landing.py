@@ -3,8 +3,9 @@
 It runs ``fulfill_checkout`` (the customer may arrive before the webhook, or
 the webhook may never come), waits up to ``FULFILL_LANDING_WAIT`` for a
 fulfillment in flight, and renders the record. The session ID in the URL is
-the customer's key to their order: the answer is never cached and never
-leaks the URL as a referrer (SPEC §10.5).
+the customer's key to their order: the answer is never cached by a browser
+or a proxy and never leaks the URL as a referrer (SPEC §10.5). The service
+itself keeps the rendered pages of fulfilled orders (``KeptPages``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ REFRESH_AWAITING_PAYMENT_SECONDS = 10
 
 REFRESHING = {"fulfilling", "pending", "awaiting_payment"}
 
+# The query of the link Stripe sends the customer back with (session_id_of).
 PLAIN_QUERY = re.compile(rb"session_id=([A-Za-z0-9_]*)")
 
 # Rendered pages of fulfilled orders kept per process (KeptPages), by size: a
