@@ -223,24 +223,25 @@ def test_rolled_secrets_both_sign(service_factory: ServiceFactory) -> None:
         assert answer.status_code == 200
 
 
-def test_duplicates_are_answered_from_memory_once_the_event_is_recorded() -> None:
-    """Redelivery storms cost no database round trip after the first recording."""
-    import asyncio
+class CountingInbox:
+    """Records an event the first time it is offered; counts the offers."""
 
+    calls = 0
+
+    async def record_event(self, *args: Any) -> bool:
+        self.calls += 1
+        return self.calls == 1
+
+
+def endpoint_with_counting_inbox() -> tuple[Any, CountingInbox]:
+    """A webhook endpoint over a ``CountingInbox``, nothing processed inline."""
     from fulfill.metrics import Metrics
     from fulfill.webhooks import WebhookEndpoint
-
-    class Inbox:
-        calls = 0
-
-        async def record_event(self, *args: Any) -> bool:
-            self.calls += 1
-            return self.calls == 1
 
     class Engine:
         metrics = Metrics()
 
-    inbox = Inbox()
+    inbox = CountingInbox()
     endpoint = WebhookEndpoint(
         Engine(),  # type: ignore[arg-type]
         inbox,  # type: ignore[arg-type]
@@ -249,6 +250,14 @@ def test_duplicates_are_answered_from_memory_once_the_event_is_recorded() -> Non
         inline_budget=0,
         livemode=False,
     )
+    return endpoint, inbox
+
+
+def test_duplicates_are_answered_from_memory_once_the_event_is_recorded() -> None:
+    """Redelivery storms cost no database round trip after the first recording."""
+    import asyncio
+
+    endpoint, inbox = endpoint_with_counting_inbox()
     # A type the service records and ignores: nothing is processed.
     parsed = parse_event(event("cs_test_memory1", "payment_intent.created"))
 
@@ -288,28 +297,7 @@ def test_a_known_redelivery_is_answered_after_its_signature_and_nothing_else() -
 
     from starlette.requests import Request
 
-    from fulfill.metrics import Metrics
-    from fulfill.webhooks import WebhookEndpoint
-
-    class Inbox:
-        calls = 0
-
-        async def record_event(self, *args: Any) -> bool:
-            self.calls += 1
-            return self.calls == 1
-
-    class Engine:
-        metrics = Metrics()
-
-    inbox = Inbox()
-    endpoint = WebhookEndpoint(
-        Engine(),  # type: ignore[arg-type]
-        inbox,  # type: ignore[arg-type]
-        [WEBHOOK_SECRET],
-        tolerance=300,
-        inline_budget=0,
-        livemode=False,
-    )
+    endpoint, inbox = endpoint_with_counting_inbox()
     payload = event("cs_test_fastpath1", "payment_intent.created")
     event_id = json.loads(payload)["id"]
 
@@ -329,7 +317,7 @@ def test_a_known_redelivery_is_answered_after_its_signature_and_nothing_else() -
         return signature(body, secret, int(time.time()))
 
     def counted(outcome: str) -> float:
-        value = Engine.metrics.registry.get_sample_value(
+        value = endpoint.metrics.registry.get_sample_value(
             "fulfill_webhook_events_total", {"type": "payment_intent.created", "outcome": outcome}
         )
         return value or 0.0
