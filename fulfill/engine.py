@@ -224,9 +224,12 @@ class Engine:
             await self._note_trigger(record, trigger)
             if record.status == FULFILLED:
                 return self._keep(record), None
-            if record.status == FAILED and not force and not self._retry_due(record):
+            # Both judged by the database's clock when the record was read
+            # (``DbTime``): an instance whose host clock runs ahead must not take
+            # live leases over.
+            if record.status == FAILED and not force and not record.retry_due:
                 return record, None
-            if record.status == FULFILLING and not self._lease_expired(record):
+            if record.status == FULFILLING and record.lease_live:
                 return record, None
             if trigger == LANDING and not await self._check_due(record):
                 return record, None
@@ -356,14 +359,6 @@ class Engine:
             return True
         return await self.store.take_check(record.session_id, self.options.payment_check_seconds)
 
-    # Both judged by the database's clock when the record was read (``DbTime``):
-    # an instance whose host clock runs ahead must not take live leases over.
-    def _retry_due(self, record: FulfillmentRecord) -> bool:
-        return record.retry_due
-
-    def _lease_expired(self, record: FulfillmentRecord) -> bool:
-        return not record.lease_live
-
     async def _note_trigger(self, record: FulfillmentRecord, trigger: str) -> None:
         # A trigger is recorded once: a customer refreshing the landing page
         # should not grow the record (nor write to the database) each time.
@@ -394,7 +389,7 @@ class Engine:
             record = await self._get(session_id)
             if record.status != FULFILLING or loop.time() >= deadline:
                 return record
-            if takeover and self._lease_expired(record):
+            if takeover and not record.lease_live:
                 # Its worker died: take over now rather than wait for the worker loop.
                 return await self.fulfill_checkout(
                     session_id, trigger=trigger, wait=max(0.0, deadline - loop.time())
